@@ -1,0 +1,80 @@
+"""ResNet trunk with a one-step top-down merge into a single stride-8 feature map.
+
+Objects in this project's datasets are 8 to ~64 px on ~128 px inputs. A stride-16 C4 map
+(torchvision's ResNet C4 Faster R-CNN) gives an 8 px object less than one cell; a stride-8
+map (layer2) does not see enough context on its own. So layer3 (stride 16) is projected,
+upsampled and added to layer2, as one level of an FPN would, and everything downstream runs
+on that one map. layer4 is not used: at these input sizes it adds parameters, not accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+# (layer2 channels, layer3 channels) of each supported trunk.
+TRUNK_CHANNELS = {"resnet18": (128, 256), "resnet34": (128, 256), "resnet50": (512, 1024)}
+STRIDE = 8
+
+
+class Backbone(nn.Module):
+    """images (N, 3, H, W), normalised, H and W multiples of 16 -> features (N, C, H/8, W/8)."""
+
+    def __init__(self, *, name: str = "resnet18", out_channels: int = 128, weights: str | None = None):
+        super().__init__()
+        if name not in TRUNK_CHANNELS:
+            raise ValueError(f"unknown backbone '{name}'; valid: {', '.join(TRUNK_CHANNELS)}")
+        resnet = getattr(torchvision.models, name)(weights=None)
+        if weights is not None:
+            load_trunk_weights(resnet, weights)
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
+        self.layer2 = resnet.layer2
+        self.layer3 = resnet.layer3
+        c2, c3 = TRUNK_CHANNELS[name]
+        self.lateral2 = nn.Conv2d(c2, out_channels, kernel_size=1)
+        self.lateral3 = nn.Conv2d(c3, out_channels, kernel_size=1)
+        self.smooth = nn.Sequential(
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.out_channels = out_channels
+        self.stride = STRIDE
+
+    def forward(self, images: Tensor) -> Tensor:
+        c2 = self.layer2(self.stem(images))  # (N, c2, H/8, W/8)
+        c3 = self.layer3(c2)  # (N, c3, H/16, W/16)
+        top_down = F.interpolate(self.lateral3(c3), size=c2.shape[-2:], mode="nearest")
+        return self.smooth(self.lateral2(c2) + top_down)  # (N, C, H/8, W/8)
+
+
+def load_trunk_weights(resnet: nn.Module, path: str) -> None:
+    """Load a local torchvision-format ResNet state dict (never downloaded).
+
+    The classifier (fc.*) and layer4 may be present or absent; any other missing or
+    unexpected key means the file is not a matching ResNet and is reported by name.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"backbone weights not found: {file}")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
+    try:
+        result = resnet.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches, e.g. resnet50 weights for a resnet18
+        raise ValueError(f"{file}: does not fit a torchvision {type(resnet).__name__}: {exc}") from None
+    optional = ("fc.", "layer4.")
+    missing = [k for k in result.missing_keys if not k.startswith(optional)]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(optional)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{file}: not a torchvision {type(resnet).__name__} state dict "
+            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+        )

@@ -1,0 +1,309 @@
+"""Typed configuration: dataclasses, YAML presets, ``section.key=value`` overrides, validation.
+
+A configuration has four sections (``data``, ``model``, ``loss``, ``train``). Every value can
+come from a YAML preset (``--config configs/shapes.yaml``) and be overridden on the command
+line (``--set train.lr=0.001`` or a dedicated flag such as ``--loss l2``). Validation runs
+before anything is built, and every error names the option and, where there is a fixed set,
+the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: scripts print it and exit with status 2."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"  # shapes | coco | voc
+    # shapes: where the generated dataset lives; coco: the folder holding annotations/ and
+    # the image folders; voc: the VOC year folder (holding JPEGImages/, Annotations/, ImageSets/)
+    root: str = "data/shapes"
+    train_split: str = "train"  # coco: train2017; voc: trainval
+    val_split: str = "val"  # coco: val2017; voc: test or val
+    # Category subset by name (coco / voc); empty = all categories.
+    categories: list[str] = field(default_factory=list)
+    max_train_images: int | None = None  # image subset (first N by id / list order)
+    max_val_images: int | None = None
+    # Resize for real data, as torchvision's GeneralizedRCNNTransform: shorter side to
+    # min_size, longer side capped at max_size. None keeps the stored size (shapes).
+    min_size: int | None = None
+    max_size: int | None = None
+    hflip: bool = True  # random horizontal flip of training images
+    batch_size: int = 16
+    num_workers: int = 1
+    skip_bad_images: bool = False
+    # Generation of the bundled shapes dataset (ignored for coco / voc).
+    shapes_image_size: int = 128
+    shapes_num_train: int = 1500
+    shapes_num_val: int = 300
+    shapes_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    weights: str | None = None  # local torchvision-format state dict; never downloaded
+    feature_channels: int = 128  # width of the merged stride-8 feature map
+    # Anchors on the single stride-8 feature map (pixels, and height/width ratios).
+    anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 600
+    rpn_pre_nms_top_n_test: int = 600
+    rpn_post_nms_top_n_train: int = 300
+    rpn_post_nms_top_n_test: int = 150
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 1.0
+    roi_output_size: int = 7
+    roi_sampling_ratio: int = 2
+    representation_size: int = 256
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int = 128
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
+class LossConfig:
+    name: str = "smooth_l1"  # regression loss of the box head (and the RPN unless rpn_name)
+    rpn_name: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)  # e.g. {beta: 0.111}
+    weight: float | None = None  # None: the loss's published default
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    max_steps: int = -1  # > 0 stops after this many optimiser steps
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    grad_clip: float | None = None
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    seed: int = 0
+    deterministic: bool = False
+    threads: int | None = None  # torch intra-op threads on the CPU; None = torch's default
+    log_every_n_steps: int = 10
+    val_every_n_epochs: int = 1
+    out_dir: str = "runs"
+    run_name: str | None = None  # default: <dataset>-<loss>-seed<seed>-<timestamp>
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.name": ("shapes", "coco", "voc"),
+    "model.backbone": ("resnet18", "resnet34", "resnet50"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.schedule": ("cosine", "constant"),
+    "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
+    "train.precision": ("32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
+}
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(raw: dict[str, Any], source: str = "configuration") -> Config:
+    """Build a Config from nested dicts, rejecting unknown sections and keys by name."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    cfg = Config()
+    for section_name, values in raw.items():
+        if section_name not in _sections():
+            raise ConfigError(
+                f"{source}: unknown section '{section_name}'; valid sections: {', '.join(_sections())}"
+            )
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section_name}' must be a mapping")
+        for key, value in values.items():
+            set_value(cfg, f"{section_name}.{key}", value, source=source)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML preset (or the defaults), apply ``key=value`` overrides, validate."""
+    if path is None:
+        cfg = Config()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        cfg = from_dict(raw, source=str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, text = item.split("=", 1)
+        set_value(cfg, key.strip(), yaml.safe_load(text) if text.strip() else None, source="--set")
+    validate(cfg)
+    return cfg
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def valid_keys() -> list[str]:
+    keys = []
+    for section in dataclasses.fields(Config):
+        keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(getattr(Config(), section.name))]
+    return keys
+
+
+def set_value(cfg: Config, dotted: str, value: Any, source: str = "configuration") -> None:
+    """Set ``section.key`` to ``value``, coerced to the field's declared type."""
+    section_name, _, key = dotted.partition(".")
+    section = getattr(cfg, section_name, None) if section_name in _sections() else None
+    names = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
+    if section is None or key not in names:
+        raise ConfigError(
+            f"{source}: unknown option '{dotted}'; valid options: {', '.join(valid_keys())}"
+        )
+    hint = typing.get_type_hints(type(section))[key]
+    setattr(section, key, _coerce(value, hint, dotted, source))
+
+
+def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{source}: option '{dotted}' may not be empty")
+    if type(None) in args:  # Optional[X]
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, dotted, source)
+    if origin is list:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(v, args[0], dotted, source) for v in items]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: option '{dotted}' must be a mapping, got {value!r}")
+        return dict(value)
+    try:
+        if hint is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{source}: option '{dotted}' must be {hint.__name__}, got {value!r}"
+        ) from None
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values at start, naming the option and the valid range or choices."""
+    from detector import losses  # late import: losses does not depend on config
+
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"option '{dotted}' is {value!r}; valid choices: {', '.join(choices)}")
+
+    def check(ok: bool, dotted: str, requirement: str) -> None:
+        if not ok:
+            section, key = dotted.split(".")
+            raise ConfigError(
+                f"option '{dotted}' is {getattr(getattr(cfg, section), key)!r}; it must be {requirement}"
+            )
+
+    d, m, t = cfg.data, cfg.model, cfg.train
+    check(d.batch_size >= 1, "data.batch_size", ">= 1")
+    check(d.num_workers >= 0, "data.num_workers", ">= 0")
+    check(d.shapes_image_size >= 32, "data.shapes_image_size", ">= 32")
+    check(d.shapes_num_train >= 1, "data.shapes_num_train", ">= 1")
+    check(d.shapes_num_val >= 1, "data.shapes_num_val", ">= 1")
+    check(d.min_size is None or d.min_size >= 32, "data.min_size", "empty or >= 32")
+    check(d.max_size is None or d.max_size >= (d.min_size or 0), "data.max_size", ">= data.min_size")
+    check(len(m.anchor_sizes) >= 1 and all(s > 0 for s in m.anchor_sizes), "model.anchor_sizes",
+          "a non-empty list of positive sizes")
+    check(len(m.aspect_ratios) >= 1 and all(r > 0 for r in m.aspect_ratios), "model.aspect_ratios",
+          "a non-empty list of positive ratios")
+    check(m.feature_channels >= 8, "model.feature_channels", ">= 8")
+    check(0 < m.rpn_bg_iou_thresh <= m.rpn_fg_iou_thresh <= 1, "model.rpn_fg_iou_thresh",
+          "in (0, 1] and >= model.rpn_bg_iou_thresh")
+    check(0 < m.box_bg_iou_thresh <= m.box_fg_iou_thresh <= 1, "model.box_fg_iou_thresh",
+          "in (0, 1] and >= model.box_bg_iou_thresh")
+    for key in ("rpn_positive_fraction", "box_positive_fraction"):
+        check(0 < getattr(m, key) <= 1, f"model.{key}", "in (0, 1]")
+    for key in ("rpn_batch_size_per_image", "box_batch_size_per_image", "rpn_pre_nms_top_n_train",
+                "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
+                "roi_output_size", "roi_sampling_ratio", "representation_size", "detections_per_image"):
+        check(getattr(m, key) >= 1, f"model.{key}", ">= 1")
+    for key in ("rpn_nms_thresh", "box_nms_thresh", "box_score_thresh"):
+        check(0 <= getattr(m, key) <= 1, f"model.{key}", "in [0, 1]")
+    if m.weights is not None and not Path(m.weights).is_file():
+        raise ConfigError(f"option 'model.weights': file not found: {m.weights}")
+    check(t.epochs >= 1 or t.max_steps > 0, "train.epochs", ">= 1 (or set train.max_steps)")
+    check(t.lr > 0, "train.lr", "> 0")
+    check(t.weight_decay >= 0, "train.weight_decay", ">= 0")
+    check(t.warmup_steps >= 0, "train.warmup_steps", ">= 0")
+    check(t.devices >= 1, "train.devices", ">= 1")
+    check(t.num_nodes >= 1, "train.num_nodes", ">= 1")
+    check(t.log_every_n_steps >= 1, "train.log_every_n_steps", ">= 1")
+    check(t.val_every_n_epochs >= 1, "train.val_every_n_epochs", ">= 1")
+    check(t.threads is None or t.threads >= 1, "train.threads", "empty or >= 1")
+    check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "empty or > 0")
+    # Loss names and parameters are checked by building them: the registry's errors list
+    # the valid names and the parameters each loss accepts.
+    try:
+        losses.build_loss(cfg.loss.name, cfg.loss.args)
+        losses.build_loss(cfg.loss.rpn_name or cfg.loss.name, cfg.loss.args)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(str(exc.args[0] if exc.args else exc)) from None
+    check(cfg.loss.weight is None or cfg.loss.weight > 0, "loss.weight", "empty or > 0")

@@ -1,0 +1,232 @@
+"""COCO-style evaluation: detections -> COCO results format -> one COCOeval run -> metrics.
+
+Boxes are xyxy pixels everywhere in the model; COCO's ``[x, y, w, h]`` appears only here, at
+the boundary with pycocotools.
+
+Shapes: D detections per image, K foreground classes; COCOeval's own axes are T IoU
+thresholds (0.50:0.05:0.95, 10), R recall thresholds (0:0.01:1, 101), A area ranges
+(all, small, medium, large), M detection caps per image (1, 10, 100).
+
+pycocotools behaviours this module works around or relies on (see the tests):
+- ``COCO.loadRes([])`` fails (it reads ``anns[0]``), so an empty result list gets an empty
+  results object built here; COCOeval then gives AP 0 wherever ground truth exists.
+- ``loadRes`` writes ``id``, ``area``, ``iscrowd`` and ``segmentation`` into the result dicts
+  it is given, so it gets copies and the caller's results stay as they were.
+- A ground-truth annotation with id 0 can never be a true positive: COCOeval stores the id of
+  the matched annotation and treats 0 as "unmatched". Such ids are rejected.
+- Undefined values (no ground truth for a class, an area range or an IoU threshold) are -1,
+  as pycocotools reports them; they are kept as -1, never averaged in.
+- A perfect detector scores 1 - 2e-16, not 1.0: precision is tp / (tp + fp + eps).
+- Area ranges use the ground truth's ``area`` field (segment area in real COCO), not its box.
+- Crowd regions (iscrowd=1) are matched with intersection over the detection's area and
+  absorb any number of detections, which then count as neither true nor false positives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_convert
+
+# The order of COCOeval.stats for iouType "bbox" (COCOeval.summarize).
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
+
+# Above this many classes the per-class line would wrap and bury the headline numbers.
+MAX_CLASSES_IN_TABLE = 20
+
+# Width of one column in format_metrics_table; fits "AP_medium" and "-1.000".
+_COLUMN_WIDTH = 10
+
+
+def detections_to_coco_results(
+    detections: Iterable[Mapping[str, Any]], label_to_category_id: Mapping[int, int]
+) -> list[dict[str, Any]]:
+    """Convert per-image detections to the COCO results format.
+
+    Args:
+        detections: one dict per image with "image_id" (int), "boxes" (D, 4) xyxy in
+            original-image pixels, "scores" (D,) and "labels" (D,) contiguous labels 1..K.
+        label_to_category_id: contiguous label -> COCO category id.
+
+    Returns:
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]`` with plain Python
+        numbers, ready for ``json.dump`` and ``COCO.loadRes``.
+
+    Raises:
+        ValueError: a label has no category id (a model built for other classes).
+    """
+    results: list[dict[str, Any]] = []
+    for detection in detections:
+        image_id = int(detection["image_id"])
+        # One device->host copy per tensor and image: evaluation is off the training path.
+        boxes_xyxy = detection["boxes"].detach().float().cpu()
+        boxes = box_convert(boxes_xyxy, in_fmt="xyxy", out_fmt="xywh")
+        scores = detection["scores"].detach().float().cpu().tolist()
+        labels = detection["labels"].detach().cpu().tolist()
+        unknown = set(labels) - set(label_to_category_id)
+        if unknown:
+            raise ValueError(
+                f"detections for image {image_id} have labels {sorted(unknown)} with no COCO "
+                f"category id; known labels: {sorted(label_to_category_id)}"
+            )
+        for box, score, label in zip(boxes.tolist(), scores, labels):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(label_to_category_id[label]),
+                    "bbox": box,
+                    "score": score,
+                }
+            )
+    return results
+
+
+def evaluate_coco(
+    coco_gt: COCO,
+    results: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    label_to_category_id: Mapping[int, int],
+    image_ids: Iterable[int] | None = None,
+) -> dict[str, Any]:
+    """Run COCOeval (iouType "bbox") once and collect the numbers a run records.
+
+    Args:
+        coco_gt: ground truth, crowd regions marked iscrowd=1; annotation ids must be non-zero.
+        results: detections in COCO results format (see ``detections_to_coco_results``).
+        class_names: class_names[i - 1] names contiguous label i.
+        label_to_category_id: contiguous label -> COCO category id.
+        image_ids: the images to evaluate; default every image in ``coco_gt``. Images with
+            neither ground truth nor detections do not change any metric.
+
+    Returns:
+        A JSON-serialisable dict; every AP/AR is a float in [0, 1], or -1 where undefined
+        (no ground truth in that class / area range):
+        - "stats": the 12 COCO summary numbers by name (``STAT_NAMES``);
+        - "ap_per_iou": {"0.50": AP, ..., "0.95": AP}, area "all", 100 detections per image;
+        - "ap_per_class": {class name: AP over IoU 0.50:0.95};
+        - "num_images": images evaluated; "num_detections": results on those images;
+        - "summary": the table COCOeval.summarize prints.
+
+    Raises:
+        ValueError: results or ``image_ids`` name images missing from ``coco_gt``, or a
+            ground-truth annotation has id 0.
+    """
+    if 0 in coco_gt.anns:
+        raise ValueError(
+            "ground-truth annotation ids must be non-zero: COCOeval marks unmatched detections "
+            "with id 0, so an object with id 0 could never be found"
+        )
+    known_ids = set(coco_gt.getImgIds())
+    evaluated_ids = sorted(known_ids if image_ids is None else {int(i) for i in image_ids})
+    missing = (set(evaluated_ids) | {r["image_id"] for r in results}) - known_ids
+    if missing:
+        raise ValueError(f"image ids {sorted(missing)[:10]} are not in the ground truth")
+
+    # loadRes, evaluate and accumulate print progress and timings: keep the console clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = COCOeval(coco_gt, _load_results(coco_gt, results), iouType="bbox")
+        coco_eval.params.imgIds = evaluated_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        coco_eval.summarize()
+
+    params = coco_eval.params
+    # (T, R, K, A, M) -> (T, R, K): area "all", at most 100 detections per image, as AP is.
+    precision = coco_eval.eval["precision"][
+        :, :, :, params.areaRngLbl.index("all"), params.maxDets.index(100)
+    ]
+    ap_per_iou = {
+        f"{threshold:.2f}": _mean_defined(precision[t])
+        for t, threshold in enumerate(params.iouThrs)
+    }
+    ap_per_class = {}
+    for label, name in enumerate(class_names, start=1):
+        category_id = label_to_category_id[label]
+        ap_per_class[name] = (
+            _mean_defined(precision[:, :, params.catIds.index(category_id)])
+            if category_id in params.catIds
+            else -1.0
+        )
+
+    evaluated = set(evaluated_ids)
+    return {
+        "stats": {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)},
+        "ap_per_iou": ap_per_iou,
+        "ap_per_class": ap_per_class,
+        "num_images": len(evaluated_ids),
+        "num_detections": sum(1 for r in results if r["image_id"] in evaluated),
+        "summary": summary.getvalue(),
+    }
+
+
+def format_metrics_table(metrics: Mapping[str, Any]) -> str:
+    """A fixed-width console table of the headline APs, plus per-class AP for <= 20 classes.
+
+    Undefined values (-1) print as "n/a" so they cannot be read as a (terrible) score.
+    """
+    stats = metrics["stats"]
+    columns = {
+        "AP": stats["AP"],
+        "AP50": stats["AP50"],
+        "AP75": stats["AP75"],
+        "AP@0.90": metrics["ap_per_iou"]["0.90"],
+        "AP_small": stats["AP_small"],
+        "AP_medium": stats["AP_medium"],
+        "AP_large": stats["AP_large"],
+    }
+    lines = [
+        "".join(f"{name:>{_COLUMN_WIDTH}}" for name in columns),
+        "".join(f"{_format_ap(value):>{_COLUMN_WIDTH}}" for value in columns.values()),
+    ]
+    per_class = metrics["ap_per_class"]
+    if len(per_class) <= MAX_CLASSES_IN_TABLE:
+        cells = (f"{name} {_format_ap(ap)}" for name, ap in per_class.items())
+        lines.append("AP per class: " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _load_results(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> COCO:
+    """``coco_gt.loadRes`` on copies of the results, or an empty results object for none."""
+    if results:
+        return coco_gt.loadRes([dict(r) for r in results])
+    # loadRes indexes results[0]; this is what it would build from a list with no entries.
+    coco_dt = COCO()
+    coco_dt.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+        "annotations": [],
+    }
+    coco_dt.createIndex()
+    return coco_dt
+
+
+def _mean_defined(precision: np.ndarray) -> float:
+    """Mean over the entries COCOeval defined (> -1), -1 if none: COCOeval.summarize's rule."""
+    defined = precision[precision > -1]
+    return float(defined.mean()) if defined.size else -1.0
+
+
+def _format_ap(value: float) -> str:
+    return "n/a" if value < 0 else f"{value:.3f}"

@@ -1,0 +1,125 @@
+"""LightningModule: loss sum, logging, optimiser and schedule, validation -> COCO evaluation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from detector.config import Config, from_dict, to_dict
+from detector.evaluation import detections_to_coco_results, evaluate_coco
+from detector.model import build_model
+
+
+class DetectorModule(pl.LightningModule):
+    """Trains the detector; each validation epoch runs COCOeval once on all ranks' detections.
+
+    ``val_dataset`` provides the ground truth (``coco``, ``class_names``,
+    ``label_to_category_id``); it is attached by the caller (``training.py``/``evaluate.py``)
+    because it is data, not a hyperparameter.
+    """
+
+    def __init__(self, config: dict[str, Any], class_names: list[str], label_to_category_id: dict[int, int]):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: Config = from_dict(config)
+        self.class_names = list(class_names)
+        self.label_to_category_id = {int(k): int(v) for k, v in label_to_category_id.items()}
+        self.model = build_model(self.cfg, num_classes=len(self.class_names))
+        self.val_dataset = None
+        self.last_metrics: dict[str, Any] | None = None
+        self.last_results: list[dict[str, Any]] = []
+        self.last_metrics_step = -1
+        self._val_detections: list[dict[str, Any]] = []
+
+    @classmethod
+    def from_config(cls, cfg: Config, dataset) -> "DetectorModule":
+        return cls(to_dict(cfg), dataset.class_names, dataset.label_to_category_id)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> Tensor:
+        images, targets = batch
+        losses = self.model(images, targets)
+        total = sum(losses.values())
+        batch_size = len(images)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=False,
+                      batch_size=batch_size)
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        return total
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        # No weight decay on norms and biases (standard practice; decaying BN scales hurts).
+        decay, no_decay = [], []
+        for name, parameter in self.named_parameters():
+            if parameter.requires_grad:
+                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if t.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=t.lr)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(t.warmup_steps, total_steps)
+
+        def factor(step: int) -> float:
+            if step < warmup:  # linear warm-up from 0.1 x lr
+                return 0.1 + 0.9 * step / max(warmup, 1)
+            if t.schedule == "constant":
+                return 1.0
+            progress = (step - warmup) / max(total_steps - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- validation -------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_detections = []
+
+    def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
+        images, targets = batch
+        detections = self.model(images)
+        for detection, target in zip(detections, targets):
+            # Back to the pixels of the original file, where the ground truth lives.
+            self._val_detections.append({
+                "image_id": int(target["image_id"]),
+                "boxes": (detection["boxes"] / float(target["scale"])).cpu(),
+                "scores": detection["scores"].cpu(),
+                "labels": detection["labels"].cpu(),
+            })
+
+    def on_validation_epoch_end(self) -> None:
+        detections = self._gather_detections()
+        results = detections_to_coco_results(detections, self.label_to_category_id)
+        metrics = evaluate_coco(self.val_dataset.coco, results, self.class_names, self.label_to_category_id,
+                                image_ids=self.val_dataset.image_ids)
+        self.last_metrics, self.last_results = metrics, results
+        self.last_metrics_step = self.global_step
+        ap_at_90 = metrics["ap_per_iou"]["0.90"]
+        logged = {f"val/{k}": float(v) for k, v in metrics["stats"].items()}
+        logged["val/AP90"] = float(ap_at_90)
+        # Every rank computed the same numbers from the same gathered detections: no sync.
+        self.log("val/AP", logged.pop("val/AP"), prog_bar=True)
+        self.log_dict(logged)
+
+    def _gather_detections(self) -> list[dict[str, Any]]:
+        """Every rank's detections, each image once.
+
+        A DistributedSampler pads the dataset by repeating images so that ranks get equal
+        shares; the repeats would count as false positives, so duplicates are dropped by id.
+        """
+        detections = self._val_detections
+        if self.trainer is not None and self.trainer.world_size > 1:
+            gathered: list[list[dict[str, Any]] | None] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, detections)
+            detections = [d for part in gathered for d in part]
+        unique: dict[int, dict[str, Any]] = {}
+        for detection in detections:
+            unique.setdefault(detection["image_id"], detection)
+        return [unique[i] for i in sorted(unique)]

@@ -1,0 +1,138 @@
+"""Second stage: RoI sampling, RoIAlign, box head, class-specific predictor, losses, post-processing.
+
+Shapes: N images, M proposals per image, G padded ground truth per image, S sampled RoIs per
+image, C feature channels, P RoIAlign output size, K foreground classes (K+1 with background).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from detector.boxes import BoxCoder, clip_boxes
+from detector.losses import RegressionLoss, box_regression_loss
+from detector.roi_align import roi_align
+from detector.targets import assign, sample_balanced
+
+
+class RoIHeads(nn.Module):
+    def __init__(self, *, in_channels: int, num_classes: int, spatial_scale: float, output_size: int,
+                 sampling_ratio: int, representation_size: int, regression_loss: RegressionLoss,
+                 regression_weight: float, fg_iou_thresh: float, bg_iou_thresh: float,
+                 batch_size_per_image: int, positive_fraction: float, score_thresh: float,
+                 nms_thresh: float, detections_per_image: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.spatial_scale = spatial_scale
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        # torchvision's TwoMLPHead, narrower: 256 instead of 1024 units suits 7x7x128 inputs.
+        self.box_head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * output_size * output_size, representation_size),
+            nn.ReLU(inplace=True),
+            nn.Linear(representation_size, representation_size),
+            nn.ReLU(inplace=True),
+        )
+        self.cls_score = nn.Linear(representation_size, num_classes + 1)
+        self.bbox_pred = nn.Linear(representation_size, (num_classes + 1) * 4)
+        # torchvision's initialisation of FastRCNNPredictor's layers (Detectron's)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.constant_(self.cls_score.bias, 0)
+        nn.init.constant_(self.bbox_pred.bias, 0)
+        # The weights of torchvision's RoIHeads: deltas of a well-placed proposal are small, so
+        # scaling them up puts the regression targets at roughly unit variance.
+        self.coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+        self.regression_loss = regression_loss
+        self.regression_weight = regression_weight
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+        # The regression output of the last forward, for the gradient statistics.
+        self.last_deltas: Tensor | None = None
+
+    def sample_rois(self, proposals: Tensor, proposal_valid: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
+                    gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Label proposals (ground truth added, as torchvision does) and draw S per image.
+
+        Returns rois (N, S, 4), labels (N, S) (class, 0 background, -1 not sampled) and
+        matched ground-truth boxes (N, S, 4). S is fixed, so an image with too few
+        candidates gets padding rows labelled -1.
+        """
+        candidates = torch.cat((proposals, gt_boxes), dim=1)  # (N, M+G, 4)
+        valid = torch.cat((proposal_valid, gt_valid), dim=1)
+        labels, matched = assign(candidates, valid, gt_boxes, gt_labels, gt_valid,
+                                 fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh=self.bg_iou_thresh,
+                                 allow_low_quality_matches=False)
+        positive, negative = sample_balanced(labels, batch_size_per_image=self.batch_size_per_image,
+                                             positive_fraction=self.positive_fraction)
+        s = min(self.batch_size_per_image, candidates.shape[1])
+        # Sampled positives first, then sampled negatives, then padding.
+        priority = 2.0 * positive + 1.0 * negative  # (N, M+G)
+        index = priority.topk(s, dim=1).indices  # (N, S)
+        sampled = torch.gather(positive | negative, 1, index)
+        rois = torch.gather(candidates, 1, index[..., None].expand(-1, -1, 4))
+        roi_labels = torch.where(sampled, torch.gather(labels, 1, index), -1)
+        roi_matched = torch.gather(matched, 1, index[..., None].expand(-1, -1, 4))
+        return rois, roi_labels, roi_matched
+
+    def predict(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """features (N, C, H, W), rois (N, S, 4) -> logits (N, S, K+1), deltas (N, S, K+1, 4)."""
+        n, s = rois.shape[:2]
+        pooled = roi_align(features, rois, output_size=self.output_size, spatial_scale=self.spatial_scale,
+                           sampling_ratio=self.sampling_ratio, aligned=True)  # (N*S, C, P, P)
+        hidden = self.box_head(pooled)
+        logits = self.cls_score(hidden).view(n, s, -1)
+        deltas = self.bbox_pred(hidden).view(n, s, -1, 4)
+        return logits, deltas
+
+    def losses(self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor, matched: Tensor) -> dict[str, Tensor]:
+        # Both losses are normalised by the number of sampled RoIs, as in torchvision's
+        # fastrcnn_loss and detectron2 (not by the number of positives).
+        num_sampled = (labels >= 0).sum().clamp(min=1)
+        classification = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1,
+                                         reduction="sum") / num_sampled
+        # (N, S, K+1, 4) -> (N, S, 4): the deltas predicted for the RoI's own class
+        class_deltas = torch.gather(deltas, 2, labels.clamp(min=0)[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
+        self.last_deltas = class_deltas
+        regression = box_regression_loss(self.regression_loss, class_deltas, matched, rois, self.coder, labels >= 1)
+        return {"loss_classifier": classification, "loss_box_reg": self.regression_weight * regression / num_sampled}
+
+    def forward(self, features: Tensor, proposals: Tensor, proposal_valid: Tensor, image_sizes: Tensor,
+                gt_boxes: Tensor | None = None, gt_labels: Tensor | None = None,
+                gt_valid: Tensor | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training: the losses. Inference: one dict of boxes/scores/labels per image."""
+        if self.training:
+            rois, labels, matched = self.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
+            logits, deltas = self.predict(features, rois)
+            return self.losses(logits, deltas, rois, labels, matched)
+        logits, deltas = self.predict(features, proposals)
+        return self.postprocess(logits, deltas, proposals, proposal_valid, image_sizes)
+
+    @torch.no_grad()
+    def postprocess(self, logits: Tensor, deltas: Tensor, proposals: Tensor, proposal_valid: Tensor,
+                    image_sizes: Tensor) -> list[dict[str, Tensor]]:
+        """Per-class boxes, score threshold, per-class NMS, top detections per image."""
+        n, m, k1 = logits.shape
+        k = k1 - 1
+        scores = F.softmax(logits, dim=-1)[..., 1:]  # (N, M, K) background dropped
+        boxes = self.coder.decode(deltas[:, :, 1:], proposals[:, :, None, :])  # (N, M, K, 4)
+        boxes = clip_boxes(boxes, image_sizes[:, None, None, 0], image_sizes[:, None, None, 1])
+        wide = (boxes[..., 2] - boxes[..., 0] >= 1e-2) & (boxes[..., 3] - boxes[..., 1] >= 1e-2)
+        keep = (scores > self.score_thresh) & wide & proposal_valid[:, :, None]  # (N, M, K)
+        image_index, _, class_index = keep.nonzero(as_tuple=True)  # evaluation only: a host sync is fine
+        flat_boxes, flat_scores = boxes[keep], scores[keep]
+        kept = torchvision.ops.batched_nms(flat_boxes, flat_scores, image_index * k + class_index, self.nms_thresh)
+        # kept is sorted by decreasing score, so each image's first entries are its best.
+        results = []
+        for i in range(n):
+            mine = kept[image_index[kept] == i][: self.detections_per_image]
+            results.append({"boxes": flat_boxes[mine], "scores": flat_scores[mine], "labels": class_index[mine] + 1})
+        return results

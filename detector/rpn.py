@@ -1,0 +1,128 @@
+"""Region proposal network: head, batched proposal selection, losses.
+
+Shapes: N images, A anchors per location, H x W feature map, R = H*W*A anchors per image,
+K_pre = pre-NMS top-k, M = post-NMS proposals per image, G padded ground truth per image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from detector.anchors import AnchorGenerator
+from detector.boxes import BoxCoder, clip_boxes
+from detector.losses import RegressionLoss, box_regression_loss
+from detector.targets import assign, sample_balanced
+
+
+class RPNHead(nn.Module):
+    """3x3 conv, then per-anchor objectness logits and box deltas."""
+
+    def __init__(self, *, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
+        self.objectness = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
+        self.deltas = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
+        for layer in (self.conv, self.objectness, self.deltas):  # torchvision's initialisation
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.constant_(layer.bias, 0)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        n = features.shape[0]
+        hidden = F.relu(self.conv(features))
+        # (N, A, H, W) -> (N, H*W*A)
+        objectness = self.objectness(hidden).permute(0, 2, 3, 1).reshape(n, -1)
+        # (N, A*4, H, W) -> (N, H, W, A*4) -> (N, H*W*A, 4)
+        deltas = self.deltas(hidden).permute(0, 2, 3, 1).reshape(n, -1, 4)
+        return objectness, deltas
+
+
+class RegionProposalNetwork(nn.Module):
+    def __init__(self, *, in_channels: int, anchor_generator: AnchorGenerator,
+                 regression_loss: RegressionLoss, regression_weight: float,
+                 fg_iou_thresh: float, bg_iou_thresh: float, batch_size_per_image: int,
+                 positive_fraction: float, pre_nms_top_n: dict[str, int],
+                 post_nms_top_n: dict[str, int], nms_thresh: float, min_size: float):
+        super().__init__()
+        self.anchor_generator = anchor_generator
+        self.head = RPNHead(in_channels=in_channels, num_anchors=anchor_generator.num_anchors_per_location)
+        self.coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self.regression_loss = regression_loss
+        self.regression_weight = regression_weight
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.pre_nms_top_n = pre_nms_top_n
+        self.post_nms_top_n = post_nms_top_n
+        self.nms_thresh = nms_thresh
+        self.min_size = min_size
+        # The deltas tensor of the last forward, so the gradient statistics can read dL/d(deltas).
+        self.last_deltas: Tensor | None = None
+
+    def forward(self, features: Tensor, image_sizes: Tensor, gt_boxes: Tensor | None = None,
+                gt_valid: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """features (N, C, H, W); image_sizes (N, 2) of (height, width) before padding.
+
+        Returns proposals (N, M, 4), their validity (N, M), and the losses when ground
+        truth is given.
+        """
+        objectness, deltas = self.head(features)  # (N, R), (N, R, 4)
+        self.last_deltas = deltas
+        anchors = self.anchor_generator.grid_anchors(*features.shape[-2:], features.device, features.dtype)
+        mode = "train" if self.training else "test"
+        proposals, valid = self.select_proposals(objectness.detach(), deltas.detach(), anchors, image_sizes,
+                                                 self.pre_nms_top_n[mode], self.post_nms_top_n[mode])
+        losses = {}
+        if gt_boxes is not None:
+            losses = self.losses(objectness, deltas, anchors, gt_boxes, gt_valid)
+        return proposals, valid, losses
+
+    def select_proposals(self, objectness: Tensor, deltas: Tensor, anchors: Tensor, image_sizes: Tensor,
+                         pre_nms_top_n: int, post_nms_top_n: int) -> tuple[Tensor, Tensor]:
+        """Top-k, decode, clip, drop small boxes, one NMS for the whole batch, top-M.
+
+        Returns (N, M, 4) proposals sorted by score and a (N, M) mask of real ones (an image
+        with fewer than M survivors is padded with invalid entries).
+        """
+        n, r = objectness.shape
+        k = min(pre_nms_top_n, r)
+        scores, index = objectness.topk(k, dim=1)  # (N, K_pre)
+        boxes = self.coder.decode(torch.gather(deltas, 1, index[..., None].expand(-1, -1, 4)), anchors[index])
+        boxes = clip_boxes(boxes, image_sizes[:, None, 0], image_sizes[:, None, 1])  # (N, K_pre, 4)
+        small = ((boxes[..., 2] - boxes[..., 0]) < self.min_size) | ((boxes[..., 3] - boxes[..., 1]) < self.min_size)
+        scores = scores.masked_fill(small, float("-inf"))
+        image_index = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
+        # NMS returns a data-dependent number of boxes: this is the training step's one
+        # unavoidable host synchronisation. One call covers the whole batch (batched_nms
+        # keeps images apart by offsetting their coordinates).
+        keep = torchvision.ops.batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), image_index.reshape(-1),
+                                           self.nms_thresh)
+        kept = torch.zeros(n * k, dtype=torch.bool, device=boxes.device)
+        kept[keep] = True
+        scores = scores.masked_fill(~kept.view(n, k), float("-inf"))
+        m = min(post_nms_top_n, k)
+        top_scores, top = scores.topk(m, dim=1)  # (N, M), best first
+        proposals = torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4))
+        return proposals, torch.isfinite(top_scores)
+
+    def losses(self, objectness: Tensor, deltas: Tensor, anchors: Tensor, gt_boxes: Tensor,
+               gt_valid: Tensor) -> dict[str, Tensor]:
+        n = objectness.shape[0]
+        anchors = anchors[None].expand(n, -1, -1)  # (N, R, 4)
+        labels, matched = assign(anchors, None, gt_boxes, gt_valid.long(), gt_valid,
+                                 fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh=self.bg_iou_thresh,
+                                 allow_low_quality_matches=True)
+        positive, negative = sample_balanced(labels, batch_size_per_image=self.batch_size_per_image,
+                                             positive_fraction=self.positive_fraction)
+        sampled = positive | negative
+        # Normalised by the number of sampled anchors, as torchvision and detectron2 do, so a
+        # loss's weight means the same whatever the share of positives.
+        num_sampled = sampled.sum().clamp(min=1)
+        objectness_loss = (F.binary_cross_entropy_with_logits(
+            objectness, positive.to(objectness.dtype), reduction="none") * sampled).sum() / num_sampled
+        regression = box_regression_loss(self.regression_loss, deltas, matched, anchors, self.coder, positive)
+        return {"loss_objectness": objectness_loss,
+                "loss_rpn_box": self.regression_weight * regression / num_sampled}

@@ -1,0 +1,133 @@
+"""One training run: data, model, Lightning Trainer, run directory.
+
+A run directory holds everything a report needs:
+  config.yaml            the resolved configuration
+  metrics.json           status, COCO stats of the final model, AP per IoU threshold and per
+                         class, the best validation AP, timings
+  metrics.csv            per-step training losses and learning rate, per-validation COCO stats
+  detections_val.json    the final model's validation detections, COCO results format
+  checkpoints/           last.ckpt and best.ckpt (by validation AP)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+
+from detector import config as config_lib
+from detector.config import Config
+from detector.data import DetectionDataModule
+from detector.evaluation import format_metrics_table
+from detector.io import atomic_write_json
+from detector.lit import DetectorModule
+
+log = logging.getLogger(__name__)
+
+
+def default_run_name(cfg: Config) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.data.name}-{cfg.loss.name.replace(':', '.')}-seed{cfg.train.seed}-{stamp}"
+
+
+def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) -> pl.Trainer:
+    t = cfg.train
+    checkpoints = run_dir / "checkpoints"
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=t.epochs if t.max_steps <= 0 else -1,
+        max_steps=t.max_steps,
+        check_val_every_n_epoch=t.val_every_n_epochs,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.grad_clip,
+        deterministic=t.deterministic,
+        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
+        callbacks=[
+            ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/AP", mode="max",
+                            save_last=True, auto_insert_metric_name=False),
+            LearningRateMonitor(logging_interval="step"),
+            *([TQDMProgressBar(refresh_rate=5)] if t.progress else []),
+            *(callbacks or []),
+        ],
+        enable_progress_bar=t.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def train(cfg: Config) -> Path:
+    """Train as configured; return the run directory (metrics.json says how it went)."""
+    started = time.perf_counter()
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    run_dir = Path(t.out_dir) / (t.run_name or default_run_name(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, run_dir / "config.yaml")
+    metrics_path = run_dir / "metrics.json"
+    record: dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "config": config_lib.to_dict(cfg)}
+    atomic_write_json(metrics_path, record)
+
+    data = DetectionDataModule(cfg.data)
+    data.setup("fit")  # generates the shapes dataset on first use
+    data_ready = time.perf_counter()
+    module = DetectorModule.from_config(cfg, data.train_dataset)
+    module.val_dataset = data.val_dataset
+    record["loss"] = {
+        "box_head": _loss_record(module.model.roi_heads),
+        "rpn": _loss_record(module.model.rpn),
+    }
+    record["num_train_images"] = len(data.train_dataset)
+    record["num_val_images"] = len(data.val_dataset)
+    record["class_names"] = module.class_names
+
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=data)
+    trained = time.perf_counter()
+    if module.last_metrics_step != trainer.global_step:  # the final epoch was not validated
+        trainer.validate(module, datamodule=data, verbose=False)
+    evaluated = time.perf_counter()
+
+    best = trainer.checkpoint_callback
+    record.update({
+        "status": "completed",
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "val": module.last_metrics,
+        "best_val_AP": float(best.best_model_score) if best.best_model_score is not None else None,
+        "checkpoints": {"best": _relative(best.best_model_path, run_dir), "last": _relative(best.last_model_path, run_dir)},
+        "timings": {
+            "data_s": round(data_ready - started, 2),
+            "train_s": round(trained - data_ready, 2),
+            "final_eval_s": round(evaluated - trained, 2),
+            "total_s": round(time.perf_counter() - started, 2),
+        },
+    })
+    atomic_write_json(run_dir / "detections_val.json", module.last_results)
+    atomic_write_json(metrics_path, record)
+    if trainer.is_global_zero:
+        print(f"\nrun directory: {run_dir}")
+        print(format_metrics_table(module.last_metrics))
+        print(f"total time: {record['timings']['total_s']:.1f} s")
+    return run_dir
+
+
+def _loss_record(head) -> dict[str, Any]:
+    loss = head.regression_loss
+    return {"name": loss.name, "space": loss.space, "params": loss.params, "weight": head.regression_weight}
+
+
+def _relative(path: str, root: Path) -> str | None:
+    return str(Path(path).relative_to(root)) if path else None

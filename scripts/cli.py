@@ -1,0 +1,84 @@
+"""Command-line options shared by the scripts: flags map onto configuration keys.
+
+Precedence: dataclass defaults < ``--config FILE`` < ``--set key=value`` < dedicated flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+import yaml
+
+from detector import config as config_lib
+from detector.config import Config, ConfigError
+
+# flag -> (configuration key, help, argparse keyword arguments)
+FLAGS: dict[str, tuple[str, str, dict]] = {
+    "--loss": ("loss.name", "regression loss of the box head and the RPN (l1, l2, smooth_l1, ... "
+               "or package.module:function)", {}),
+    "--rpn-loss": ("loss.rpn_name", "regression loss of the RPN only (default: --loss)", {}),
+    "--loss-weight": ("loss.weight", "regression loss weight (default: the loss's published default)",
+                      {"type": float}),
+    "--data": ("data.name", "dataset: shapes, coco or voc", {}),
+    "--data-root": ("data.root", "dataset folder (see README: Datasets)", {}),
+    "--train-split": ("data.train_split", "training split name", {}),
+    "--val-split": ("data.val_split", "validation split name", {}),
+    "--batch-size": ("data.batch_size", "images per batch (per device)", {"type": int}),
+    "--num-workers": ("data.num_workers", "DataLoader worker processes", {"type": int}),
+    "--backbone": ("model.backbone", "resnet18, resnet34 or resnet50", {}),
+    "--weights": ("model.weights", "local torchvision-format ResNet state dict for the trunk", {}),
+    "--epochs": ("train.epochs", "training epochs", {"type": int}),
+    "--max-steps": ("train.max_steps", "stop after this many optimiser steps (overrides --epochs)",
+                    {"type": int}),
+    "--lr": ("train.lr", "peak learning rate", {"type": float}),
+    "--seed": ("train.seed", "random seed", {"type": int}),
+    "--accelerator": ("train.accelerator", "auto, cpu or gpu", {}),
+    "--devices": ("train.devices", "devices (processes) per node", {"type": int}),
+    "--num-nodes": ("train.num_nodes", "nodes", {"type": int}),
+    "--strategy": ("train.strategy", "Lightning strategy, e.g. ddp", {}),
+    "--precision": ("train.precision", "32-true, 16-mixed or bf16-mixed", {}),
+    "--out-dir": ("train.out_dir", "folder that receives run directories", {}),
+    "--run-name": ("train.run_name", "run directory name", {}),
+    "--threads": ("train.threads", "torch CPU threads", {"type": int}),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, flags: list[str] | None = None) -> None:
+    parser.add_argument("--config", help="YAML preset (default: the built-in shapes CPU preset)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override any option, e.g. --set train.lr=0.001 model.anchor_sizes=[8,16]")
+    parser.add_argument("--loss-args", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="regression loss parameters, e.g. --loss-args beta=0.111")
+    for flag in flags or list(FLAGS):
+        key, help_text, kwargs = FLAGS[flag]
+        parser.add_argument(flag, dest=key.replace(".", "__"), help=f"{help_text} [{key}]", **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = list(args.set)
+    for flag, (key, _, _) in FLAGS.items():
+        value = getattr(args, key.replace(".", "__"), None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.loss_args:
+        loss_args = {}
+        for item in args.loss_args:
+            name, sep, text = item.partition("=")
+            if not sep or not name:
+                raise ConfigError(f"--loss-args item '{item}' must look like name=value")
+            loss_args[name] = yaml.safe_load(text)
+        overrides.append(f"loss.args={yaml.safe_dump(loss_args, default_flow_style=True).strip()}")
+    return config_lib.load(args.config, overrides)
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run a script's main: user errors print one clear line and exit with status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        sys.exit(main() or 0)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,36 @@
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+
+from detector.anchors import AnchorGenerator
+
+
+def test_base_anchors_keep_area_and_ratio():
+    gen = AnchorGenerator(sizes=[8, 32], aspect_ratios=[0.5, 1.0, 2.0], stride=8)
+    base = gen.base_anchors()
+    w, h = base[:, 2] - base[:, 0], base[:, 3] - base[:, 1]
+    # ratio-major: (0.5, 8), (0.5, 32), (1, 8), (1, 32), (2, 8), (2, 32); area = size^2, h/w = ratio
+    torch.testing.assert_close(w * h, torch.tensor([64.0, 1024, 64, 1024, 64, 1024]))
+    torch.testing.assert_close(h / w, torch.tensor([0.5, 0.5, 1, 1, 2, 2]))
+    assert gen.num_anchors_per_location == 6
+
+
+def test_grid_anchors_are_centred_on_cells_in_head_order():
+    gen = AnchorGenerator(sizes=[16], aspect_ratios=[1.0], stride=8)
+    anchors = gen.grid_anchors(2, 3, torch.device("cpu"), torch.float32)
+    # location-major, row by row: cell (y=0, x=1) is the second anchor, centred at (12, 4)
+    assert anchors.shape == (6, 4)
+    assert anchors[1].tolist() == [4.0, -4.0, 20.0, 12.0]
+    assert anchors[5].tolist() == [12.0, 4.0, 28.0, 20.0]  # cell (1, 2): centre (20, 12)
+    assert gen.grid_anchors(2, 3, torch.device("cpu"), torch.float32) is anchors  # cached
+
+
+def test_same_shapes_as_torchvision_shifted_half_a_stride():
+    sizes, ratios, stride = [8, 16, 32], [0.5, 1.0, 2.0], 8
+    ours = AnchorGenerator(sizes=sizes, aspect_ratios=ratios, stride=stride).grid_anchors(
+        4, 5, torch.device("cpu"), torch.float32)
+    theirs_gen = TorchvisionAnchorGenerator(sizes=(tuple(sizes),), aspect_ratios=(tuple(ratios),))
+    images = ImageList(torch.zeros(1, 3, 32, 40), [(32, 40)])
+    (theirs,) = theirs_gen(images, [torch.zeros(1, 1, 4, 5)])
+    # torchvision rounds its base anchors to integers and centres them on cell corners
+    torch.testing.assert_close(ours - stride / 2, theirs, atol=0.5, rtol=0)

@@ -1,0 +1,216 @@
+"""COCO-format reader: the bundled tiny_coco sample and small generated fixtures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detector.config import DataConfig
+from detector.data import CocoDetection, build_dataset
+
+TINY_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_coco"
+
+
+@pytest.fixture
+def tiny_coco() -> Path:
+    if not (TINY_COCO / "annotations" / "instances_val2017.json").is_file():
+        pytest.skip(f"tiny_coco not found at {TINY_COCO}")
+    return TINY_COCO
+
+
+def _write_coco(root: Path, images: list[tuple[int, str, int, int]], annotations: list[dict],
+                categories=((1, "cat"), (3, "dog"), (7, "bird")), split: str = "train") -> Path:
+    """A COCO-format split with solid-grey PNGs; images are (id, file_name, width, height)."""
+    (root / split).mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for _, name, width, height in images:
+        Image.new("RGB", (width, height), (90, 90, 90)).save(root / split / name)
+    data = {
+        "images": [{"id": i, "file_name": n, "width": w, "height": h} for i, n, w, h in images],
+        "annotations": [{"id": k + 1, "iscrowd": 0, **ann} for k, ann in enumerate(annotations)],
+        "categories": [{"id": i, "name": n} for i, n in categories],
+    }
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.fixture
+def fixture_root(tmp_path) -> Path:
+    images = [(5, "b.png", 40, 30), (2, "a.png", 40, 30), (9, "empty.png", 20, 10)]
+    annotations = [
+        {"image_id": 2, "category_id": 3, "bbox": [1.5, 2.0, 10.0, 5.25]},
+        {"image_id": 2, "category_id": 7, "bbox": [30.0, 20.0, 0.0, 4.0]},  # zero width: dropped
+        {"image_id": 5, "category_id": 1, "bbox": [35.0, -3.0, 10.0, 8.0]},  # partly outside: clipped
+        {"image_id": 5, "category_id": 7, "bbox": [0.0, 0.0, 40.0, 30.0], "iscrowd": 1},
+    ]
+    return _write_coco(tmp_path / "coco", images, annotations)
+
+
+# ----------------------------------------------------------------------------- tiny_coco
+
+
+def test_tiny_coco_images_and_exact_boxes(tiny_coco):
+    ds = CocoDetection(tiny_coco, "val2017")
+    assert len(ds) == 50 and ds.image_ids == sorted(ds.image_ids)
+    assert len(ds.class_names) == 80 and ds.class_names[0] == "person"
+    # Labels follow ascending category id: 8 of the ids below 70 are unused in COCO.
+    assert ds.label_to_category_id[1] == 1 and ds.label_to_category_id[62] == 70
+    assert ds.label_to_category_id[80] == 90
+    index = ds.image_ids.index(6818)
+    image, target = ds[index]
+    assert tuple(image.shape) == (3, 640, 427) and target["orig_size"] == (640, 427)
+    # Annotation 1094825 of image 6818: bbox xywh [186.97, 471.83, 100.67, 56.09], category 70.
+    expected = torch.tensor([[186.97, 471.83, 186.97 + 100.67, 471.83 + 56.09]], dtype=torch.float32)
+    assert torch.equal(target["boxes"], expected)
+    assert target["labels"].tolist() == [62] and target["image_id"] == 6818
+
+
+def test_tiny_coco_crowd_boxes_are_ground_truth_but_not_targets(tiny_coco):
+    ds = CocoDetection(tiny_coco, "val2017")
+    crowd = ds.coco.loadAnns(ds.coco.getAnnIds(iscrowd=True))
+    assert len(crowd) == 5
+    # Image 87038 has one crowd "person" box [1, 190, 638, 101] among its annotations.
+    anns = ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=87038))
+    assert [a["bbox"] for a in anns if a["iscrowd"]] == [[1, 190, 638, 101]]
+    _, target = ds[ds.image_ids.index(87038)]
+    assert len(target["boxes"]) == sum(1 for a in anns if not a["iscrowd"])
+    assert [1.0, 190.0, 639.0, 291.0] not in target["boxes"].tolist()
+    total_targets = sum(len(ds[i][1]["boxes"]) for i in range(len(ds)))
+    assert total_targets == len(ds.coco.dataset["annotations"]) - 5
+
+
+def test_tiny_coco_person_subset(tiny_coco):
+    ds = CocoDetection(tiny_coco, "val2017", categories=["person"])
+    assert ds.class_names == ["person"] and ds.label_to_category_id == {1: 1}
+    assert len(ds) == 50  # images without persons stay as negatives
+    assert ds.coco.getCatIds() == [1] and sorted(ds.coco.getImgIds()) == ds.image_ids
+    assert {a["category_id"] for a in ds.coco.dataset["annotations"]} == {1}
+    labels = torch.cat([ds[i][1]["labels"] for i in range(len(ds))])
+    expected = sum(1 for a in ds.coco.dataset["annotations"] if not a["iscrowd"])
+    assert len(labels) == expected == 127 - 4 and set(labels.tolist()) == {1}  # 4 person crowds
+
+
+def test_tiny_coco_through_build_dataset_with_resize(tiny_coco):
+    cfg = DataConfig(name="coco", root=str(tiny_coco), train_split="train2017", val_split="val2017",
+                     max_train_images=7, max_val_images=4, min_size=320, max_size=512)
+    train = build_dataset(cfg, "train2017", train=True)
+    val = build_dataset(cfg, "val2017", train=False)
+    assert len(train) == 7 and len(val) == 4
+    assert val.image_ids == [6818, 17627, 25560, 37777]  # the four smallest ids
+    assert sorted(val.coco.getImgIds()) == val.image_ids
+    image, target = val[0]
+    _, plain = CocoDetection(tiny_coco, "val2017")[0]
+    # 640x427 -> shorter side 320 (scale 0.749); the longer side 479.6 -> 479 px.
+    assert tuple(image.shape) == (3, 479, 320)
+    assert target["scale"] == pytest.approx(320 / 427)
+    ratios = torch.tensor([320 / 427, 479 / 640, 320 / 427, 479 / 640])
+    assert torch.allclose(target["boxes"], plain["boxes"] * ratios)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def test_fixture_targets_are_cleaned(fixture_root, caplog):
+    with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
+        ds = CocoDetection(fixture_root, "train")
+    assert ds.image_ids == [2, 5, 9]  # ascending id, not file order
+    assert ds.class_names == ["cat", "dog", "bird"]
+    assert ds.label_to_category_id == {1: 1, 2: 3, 3: 7}
+
+    _, a = ds[0]
+    assert a["boxes"].tolist() == [[1.5, 2.0, 11.5, 7.25]] and a["labels"].tolist() == [2]
+    _, b = ds[1]
+    # [35, -3, 45, 5] clipped to the 40x30 image; the crowd box is no target.
+    assert b["boxes"].tolist() == [[35.0, 0.0, 40.0, 5.0]] and b["labels"].tolist() == [1]
+    image, empty = ds[2]
+    assert tuple(image.shape) == (3, 10, 20)
+    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
+    assert empty["boxes"].dtype == torch.float32 and empty["labels"].dtype == torch.int64
+
+    warnings = [r for r in caplog.records if "zero or negative width or height" in r.getMessage()]
+    assert len(warnings) == 1 and "dropped 1 " in warnings[0].getMessage()
+    assert "a.png" in warnings[0].getMessage()
+    # The ground truth keeps everything as annotated, crowd included.
+    assert len(ds.coco.dataset["annotations"]) == 4
+    assert ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=5, iscrowd=True))[0]["iscrowd"] == 1
+
+
+def test_fixture_subsets(fixture_root):
+    ds = CocoDetection(fixture_root, "train", categories=["bird", "cat"], max_images=2)
+    assert ds.image_ids == [2, 5]
+    assert ds.class_names == ["cat", "bird"]  # ascending category id, not the requested order
+    assert ds.label_to_category_id == {1: 1, 2: 7}
+    assert ds.coco.getCatIds() == [1, 7] and sorted(ds.coco.getImgIds()) == [2, 5]
+    assert {a["category_id"] for a in ds.coco.dataset["annotations"]} == {1, 7}
+    assert ds[0][1]["boxes"].shape == (0, 4)  # image 2's dog is not selected, its bird is degenerate
+    assert ds[1][1]["labels"].tolist() == [1]
+
+
+def test_unknown_category_lists_valid_names(fixture_root):
+    with pytest.raises(ValueError, match=r"'horse'.*valid names: cat, dog, bird"):
+        CocoDetection(fixture_root, "train", categories=["cat", "horse"])
+
+
+def test_missing_paths_are_named(fixture_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        CocoDetection(tmp_path / "nowhere", "train")
+    with pytest.raises(FileNotFoundError, match="instances_val.json"):
+        CocoDetection(fixture_root, "val")
+    (fixture_root / "train" / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"train/b\.png"):
+        CocoDetection(fixture_root, "train")
+
+
+def test_missing_images_can_be_skipped(fixture_root, caplog):
+    (fixture_root / "train" / "b.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
+        ds = CocoDetection(fixture_root, "train", skip_missing_images=True)
+    assert ds.image_ids == [2, 9] and sorted(ds.coco.getImgIds()) == [2, 9]
+    assert all(a["image_id"] != 5 for a in ds.coco.dataset["annotations"])
+    assert any("b.png" in r.getMessage() for r in caplog.records)
+
+
+def test_image_deleted_after_indexing_is_named(fixture_root):
+    ds = CocoDetection(fixture_root, "train")
+    (fixture_root / "train" / "a.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"a\.png"):
+        ds[0]
+
+
+def test_image_size_mismatch_is_reported(fixture_root):
+    Image.new("RGB", (41, 30)).save(fixture_root / "train" / "a.png")
+    with pytest.raises(ValueError, match=r"a\.png.*41x30.*40x30"):
+        CocoDetection(fixture_root, "train")[0]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"images": [', "not valid JSON"),
+    ('{"images": []}', "not a COCO instances file"),
+    ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "'images' needs id, file_name"),
+    ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2]}],'
+     ' "categories": []}', "expected \\[x, y, w, h\\]"),
+])
+def test_malformed_json_names_the_file(fixture_root, text, message):
+    path = fixture_root / "annotations" / "instances_train.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        CocoDetection(fixture_root, "train")
+    assert str(path) in str(info.value)
+
+
+def test_missing_area_and_iscrowd_get_coco_defaults(tmp_path):
+    root = _write_coco(tmp_path / "c", [(1, "x.png", 16, 16)], [])
+    path = root / "annotations" / "instances_train.json"
+    data = json.loads(path.read_text())
+    data["annotations"] = [{"id": 4, "image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 2.5]}]
+    path.write_text(json.dumps(data))
+    ds = CocoDetection(root, "train")
+    (ann,) = ds.coco.dataset["annotations"]
+    assert ann["area"] == 10.0 and ann["iscrowd"] == 0
+    assert np.allclose(ds[0][1]["boxes"].numpy(), [[1, 1, 5, 3.5]])

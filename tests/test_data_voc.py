@@ -1,0 +1,174 @@
+"""PASCAL VOC reader on a small generated VOC year folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from detector.config import DataConfig
+from detector.data import VocDetection, build_dataset
+from detector.data.voc import VOC_CLASSES
+
+
+def _object(name: str, box: tuple[int, int, int, int], difficult: int = 0) -> str:
+    xmin, ymin, xmax, ymax = box
+    return (f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>{difficult}</difficult><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
+
+
+def _annotation(name: str, width: int, height: int, objects: list[str], size: bool = True) -> str:
+    size_xml = f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>" if size else ""
+    return (f"<annotation><folder>VOC2007</folder><filename>{name}.jpg</filename>{size_xml}"
+            f"<segmented>0</segmented>{''.join(objects)}</annotation>")
+
+
+@pytest.fixture
+def voc_root(tmp_path) -> Path:
+    """VOC2007-style folder with three train images (the middle one without <size>)."""
+    root = tmp_path / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    items = {
+        "000005": (50, 40, [_object("dog", (3, 4, 30, 25)), _object("person", (20, 10, 48, 39), difficult=1),
+                            _object("chair", (0, 0, 60, 12))], True),  # chair runs past the right edge
+        "000007": (32, 24, [_object("person", (5, 6, 15, 20))], False),
+        "000009": (20, 20, [], True),
+    }
+    for name, (width, height, objects, size) in items.items():
+        Image.new("RGB", (width, height), (120, 60, 30)).save(root / "JPEGImages" / f"{name}.jpg")
+        (root / "Annotations" / f"{name}.xml").write_text(_annotation(name, width, height, objects, size))
+    (root / "ImageSets" / "Main" / "train.txt").write_text("000005\n000007\n000009\n")
+    return root
+
+
+def test_boxes_and_labels_are_parsed_exactly(voc_root):
+    ds = VocDetection(voc_root, "train")
+    assert ds.class_names == list(VOC_CLASSES) and len(VOC_CLASSES) == 20
+    assert ds.label_to_category_id == {i: i for i in range(1, 21)}
+    assert ds.image_ids == [1, 2, 3]  # line numbers in train.txt
+
+    image, target = ds[0]
+    assert tuple(image.shape) == (3, 40, 50) and image.dtype == torch.uint8
+    assert target["orig_size"] == (40, 50) and target["image_id"] == 1 and target["scale"] == 1.0
+    # VOC pixel coordinates are used as xyxy unchanged; the chair is clipped to the 50 px width.
+    assert target["boxes"].tolist() == [[3.0, 4.0, 30.0, 25.0], [0.0, 0.0, 50.0, 12.0]]
+    dog, chair = VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("chair") + 1
+    assert target["labels"].tolist() == [dog, chair]
+
+    image, target = ds[1]  # size read from the JPEG header
+    assert tuple(image.shape) == (3, 24, 32) and target["orig_size"] == (24, 32)
+    assert target["boxes"].tolist() == [[5.0, 6.0, 15.0, 20.0]]
+    assert target["labels"].tolist() == [VOC_CLASSES.index("person") + 1]
+
+    _, empty = ds[2]
+    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
+
+
+def test_difficult_objects_are_ignored_ground_truth(voc_root):
+    ds = VocDetection(voc_root, "train")
+    anns = ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=1))
+    assert [(a["bbox"], a["iscrowd"]) for a in anns] == [
+        ([3.0, 4.0, 27.0, 21.0], 0), ([20.0, 10.0, 28.0, 29.0], 1), ([0.0, 0.0, 60.0, 12.0], 0),
+    ]
+    assert [a["area"] for a in anns] == [27.0 * 21.0, 28.0 * 29.0, 60.0 * 12.0]
+    assert ds.coco.imgs[2] == {"id": 2, "file_name": "000007.jpg", "width": 32, "height": 24}
+    _, target = ds[0]
+    assert [20.0, 10.0, 48.0, 39.0] not in target["boxes"].tolist()
+
+
+def test_category_subset_skips_other_objects(voc_root):
+    ds = VocDetection(voc_root, "train", categories=["person", "dog"], max_images=2)
+    assert ds.class_names == ["dog", "person"]  # standard VOC order
+    assert ds.label_to_category_id == {1: 12, 2: 15}
+    assert ds.image_ids == [1, 2]
+    assert ds[0][1]["labels"].tolist() == [1]  # dog; the person is difficult, the chair skipped
+    assert ds[1][1]["labels"].tolist() == [2]
+    assert ds.coco.getCatIds() == [12, 15]
+    assert sorted(a["category_id"] for a in ds.coco.dataset["annotations"]) == [12, 15, 15]
+
+
+def test_unknown_class_names_the_file_and_class(voc_root):
+    xml = voc_root / "Annotations" / "000007.xml"
+    xml.write_text(_annotation("000007", 32, 24, [_object("unicorn", (1, 1, 5, 5))]))
+    with pytest.raises(ValueError, match="unicorn") as info:
+        VocDetection(voc_root, "train")
+    assert str(xml) in str(info.value)
+
+
+def test_unknown_requested_category_lists_valid_names(voc_root):
+    with pytest.raises(ValueError, match="'people'.*valid names: aeroplane, bicycle"):
+        VocDetection(voc_root, "train", categories=["people"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("<annotation><object><name>dog</name>", "malformed XML"),
+    ("<annotation><object><name>dog</name><bndbox><xmin>1</xmin></bndbox></object></annotation>",
+     "missing <bndbox/ymin>"),
+    ("<annotation><object><name>dog</name><bndbox><xmin>a</xmin><ymin>1</ymin><xmax>3</xmax>"
+     "<ymax>4</ymax></bndbox></object></annotation>", "not a number"),
+])
+def test_malformed_xml_names_the_file(voc_root, text, message):
+    xml = voc_root / "Annotations" / "000009.xml"
+    xml.write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        VocDetection(voc_root, "train")
+    assert str(xml) in str(info.value)
+
+
+def test_missing_files_are_named(voc_root, tmp_path, caplog):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        VocDetection(tmp_path / "nowhere", "train")
+    with pytest.raises(FileNotFoundError, match=r"Main/test\.txt"):
+        VocDetection(voc_root, "test")
+    (voc_root / "JPEGImages" / "000007.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"000007\.jpg"):
+        VocDetection(voc_root, "train")
+    with caplog.at_level(logging.WARNING, logger="detector.data.voc"):
+        ds = VocDetection(voc_root, "train", skip_missing_images=True)
+    assert ds.image_ids == [1, 3] and sorted(ds.coco.getImgIds()) == [1, 3]
+    assert any("000007.jpg" in r.getMessage() for r in caplog.records)
+    (voc_root / "Annotations" / "000009.xml").unlink()
+    with pytest.raises(FileNotFoundError, match=r"000009\.xml"):  # never skipped: the image is there
+        VocDetection(voc_root, "train", skip_missing_images=True)
+
+
+def test_build_dataset_reads_voc_with_flip(voc_root):
+    cfg = DataConfig(name="voc", root=str(voc_root), train_split="train", val_split="train",
+                     categories=["dog"], min_size=80, max_size=100)
+    ds = build_dataset(cfg, "train", train=True)
+    assert ds.transform.hflip and ds.class_names == ["dog"]
+    image, target = ds[0]
+    # 40x50 -> shorter side 80 would make the longer 100: exactly at the cap, scale 2.
+    assert tuple(image.shape) == (3, 80, 100) and target["scale"] == 2.0
+    assert target["boxes"].tolist() in ([[6.0, 8.0, 60.0, 50.0]], [[40.0, 8.0, 94.0, 50.0]])
+
+
+def test_detections_of_difficult_objects_are_neither_rewarded_nor_penalised(voc_root):
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    ds = VocDetection(voc_root, "train")
+    results = []
+    for index in range(len(ds)):
+        _, target = ds[index]
+        for (x1, y1, x2, y2), label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+            results.append({"image_id": target["image_id"], "category_id": ds.label_to_category_id[label],
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 0.9})
+    # A confident detection of the difficult person in image 1 must not count as a false positive.
+    person = VOC_CLASSES.index("person") + 1
+    results.append({"image_id": 1, "category_id": person, "bbox": [20.0, 10.0, 28.0, 29.0], "score": 1.0})
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(ds.coco, ds.coco.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    # The chair's ground truth is [0, 0, 60, 12] but the target was clipped to the 50 px image:
+    # IoU 50*12 / 60*12 = 0.83, so it is found at IoU 0.5 and missed from 0.85 up.
+    assert evaluator.stats[1] == pytest.approx(1.0)

@@ -1,0 +1,95 @@
+import pytest
+import torch
+import torchvision
+from torchvision.models.detection._utils import Matcher
+
+from detector.boxes import batched_box_iou
+from detector.targets import assign, match, sample_balanced
+
+
+def make_batch(seed, n=4, r=60, g=5):
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, r, 2, generator=gen) * 80
+    candidates = torch.cat((xy, xy + torch.rand(n, r, 2, generator=gen) * 40 + 4), dim=-1)
+    gxy = torch.rand(n, g, 2, generator=gen) * 80
+    gt = torch.cat((gxy, gxy + torch.rand(n, g, 2, generator=gen) * 40 + 4), dim=-1)
+    counts = torch.tensor([g, 2, 0, 3])[:n]  # image 2 has no ground truth
+    valid = torch.arange(g)[None, :] < counts[:, None]
+    return candidates, gt, valid, counts
+
+
+@pytest.mark.parametrize("low_quality", [False, True])
+@pytest.mark.parametrize("thresholds", [(0.7, 0.3), (0.5, 0.5)])
+def test_match_equals_torchvision_matcher(low_quality, thresholds):
+    high, low = thresholds
+    candidates, gt, valid, counts = make_batch(0)
+    ours = match(batched_box_iou(candidates, gt), valid, high_threshold=high, low_threshold=low,
+                 allow_low_quality_matches=low_quality)
+    matcher = Matcher(high, low, allow_low_quality_matches=low_quality)
+    for i, count in enumerate(counts.tolist()):
+        if count == 0:  # torchvision's RPN/RoIHeads handle empty ground truth outside the Matcher
+            assert (ours[i] == -1).all()
+            continue
+        quality = torchvision.ops.box_iou(gt[i, :count], candidates[i])  # (G, R) as torchvision wants
+        assert torch.equal(ours[i], matcher(quality))
+
+
+def test_match_low_quality_promotes_best_anchor():
+    # One ground truth [0,0,10,10]; candidates with IoU 0.5 and 0.25 -> both below 0.7.
+    gt = torch.tensor([[[0.0, 0, 10, 10]]])
+    candidates = torch.tensor([[[0.0, 0, 10, 5], [0.0, 0, 5, 5]]])
+    valid = torch.tensor([[True]])
+    without = match(batched_box_iou(candidates, gt), valid, high_threshold=0.7, low_threshold=0.3,
+                    allow_low_quality_matches=False)
+    with_lq = match(batched_box_iou(candidates, gt), valid, high_threshold=0.7, low_threshold=0.3,
+                    allow_low_quality_matches=True)
+    assert without.tolist() == [[-2, -1]]  # 0.5 between thresholds, 0.25 below
+    assert with_lq.tolist() == [[0, -1]]  # the best candidate of the ground truth is promoted
+
+
+def test_assign_labels_and_ignores_invalid_candidates():
+    gt = torch.tensor([[[0.0, 0, 10, 10], [50, 50, 60, 60]]])
+    labels_gt = torch.tensor([[3, 5]])
+    gt_valid = torch.tensor([[True, True]])
+    candidates = torch.tensor([[[0.0, 0, 10, 10], [50, 50, 60, 61], [20, 20, 30, 30], [0, 0, 10, 10]]])
+    candidate_valid = torch.tensor([[True, True, True, False]])
+    labels, matched = assign(candidates, candidate_valid, gt, labels_gt, gt_valid, fg_iou_thresh=0.5,
+                             bg_iou_thresh=0.5, allow_low_quality_matches=False)
+    assert labels.tolist() == [[3, 5, 0, -1]]
+    assert matched[0, 1].tolist() == [50.0, 50.0, 60.0, 60.0]
+
+
+def test_assign_with_no_ground_truth_in_batch():
+    candidates = torch.rand(2, 6, 4) * 10
+    candidates[..., 2:] += candidates[..., :2] + 1
+    labels, matched = assign(candidates, None, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long),
+                             torch.zeros(2, 0, dtype=torch.bool), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+                             allow_low_quality_matches=True)
+    assert (labels == 0).all() and matched.shape == (2, 6, 4)
+
+
+def test_sampler_draws_exact_counts_and_never_ignored():
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.full((3, 200), 0)
+    labels[0, :10] = 1  # few positives: all 10 taken, 54 negatives
+    labels[1, :150] = 2  # many positives: capped at 64 * 0.25 = 16, then 48 negatives
+    labels[2, :] = -1  # nothing eligible
+    labels[0, 100:] = -1  # ignored half of image 0 must never be drawn
+    pos, neg = sample_balanced(labels, batch_size_per_image=64, positive_fraction=0.25, generator=gen)
+    assert pos.sum(1).tolist() == [10, 16, 0]
+    assert neg.sum(1).tolist() == [54, 48, 0]
+    assert not (pos | neg)[labels == -1].any()
+    assert not (pos & neg).any()
+    assert (labels[pos] >= 1).all() and (labels[neg] == 0).all()
+
+
+def test_sampler_is_uniform_over_positives():
+    labels = torch.zeros(1, 40, dtype=torch.long)
+    labels[0, :20] = 1
+    gen = torch.Generator().manual_seed(0)
+    hits = torch.zeros(40)
+    for _ in range(400):
+        pos, _ = sample_balanced(labels, batch_size_per_image=20, positive_fraction=0.25, generator=gen)
+        hits += pos[0].float()
+    # each of the 20 positives is drawn with probability 5/20: expected 100 of 400 draws
+    assert hits[:20].min() > 60 and hits[:20].max() < 140 and hits[20:].sum() == 0
