@@ -53,7 +53,9 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50
     weights: str | None = None  # local torchvision-format state dict; never downloaded
-    feature_channels: int = 128  # width of the merged stride-8 feature map
+    # Width of the merged stride-8 map. 64 rather than 128: the RoI head cost scales with it
+    # (RoIAlign output and first FC layer), and on the shapes preset 64 trained 36% faster per step.
+    feature_channels: int = 64
     # Anchors on the single stride-8 feature map (pixels, and height/width ratios).
     anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
@@ -89,10 +91,10 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 8
+    epochs: int = 10
     max_steps: int = -1  # > 0 stops after this many optimiser steps
     optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
     warmup_steps: int = 100
@@ -107,7 +109,8 @@ class TrainConfig:
     deterministic: bool = False
     threads: int | None = None  # torch intra-op threads on the CPU; None = torch's default
     log_every_n_steps: int = 10
-    val_every_n_epochs: int = 1
+    gradient_stats: bool = True  # regression-gradient statistics at logging steps (gradients.csv)
+    val_every_n_epochs: int = 5
     out_dir: str = "runs"
     run_name: str | None = None  # default: <dataset>-<loss>-seed<seed>-<timestamp>
     progress: bool = True
@@ -154,10 +157,11 @@ def from_dict(raw: dict[str, Any], source: str = "configuration") -> Config:
     return cfg
 
 
-def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML preset (or the defaults), apply ``key=value`` overrides, validate."""
+def load(path: str | Path | None = None, overrides: list[str] | None = None,
+         base: dict[str, Any] | None = None) -> Config:
+    """Load a YAML preset (or ``base``, or the defaults), apply ``key=value`` overrides, validate."""
     if path is None:
-        cfg = Config()
+        cfg = from_dict(base) if base is not None else Config()
     else:
         path = Path(path)
         if not path.is_file():

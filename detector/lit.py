@@ -11,6 +11,7 @@ from torch import Tensor
 
 from detector.config import Config, from_dict, to_dict
 from detector.evaluation import detections_to_coco_results, evaluate_coco
+from detector.gradients import GradientLog
 from detector.model import build_model
 
 
@@ -30,6 +31,7 @@ class DetectorModule(pl.LightningModule):
         self.label_to_category_id = {int(k): int(v) for k, v in label_to_category_id.items()}
         self.model = build_model(self.cfg, num_classes=len(self.class_names))
         self.val_dataset = None
+        self.gradient_log: GradientLog | None = None  # set by training.py on rank zero
         self.last_metrics: dict[str, Any] | None = None
         self.last_results: list[dict[str, Any]] = []
         self.last_metrics_step = -1
@@ -50,6 +52,16 @@ class DetectorModule(pl.LightningModule):
                       batch_size=batch_size)
         self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # global_step has advanced past the step whose backward the probes just saw.
+        step = self.global_step - 1
+        if self.gradient_log is None or step % self.cfg.train.log_every_n_steps:
+            return
+        for probe in (self.model.roi_heads.gradient_probe, self.model.rpn.gradient_probe):
+            row = probe.statistics(step)
+            if row is not None:
+                self.gradient_log.write(row)
 
     def configure_optimizers(self):
         t = self.cfg.train
@@ -85,11 +97,14 @@ class DetectorModule(pl.LightningModule):
     def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
         detections = self.model(images)
-        for detection, target in zip(detections, targets):
-            # Back to the pixels of the original file, where the ground truth lives.
+        for image, detection, target in zip(images, detections, targets):
+            # Back to the pixels of the original file, where the ground truth lives. Per axis:
+            # resizing rounds each side, so one scalar scale would be off by up to a pixel.
+            (height, width), (orig_height, orig_width) = image.shape[-2:], target["orig_size"]
+            to_original = detection["boxes"].new_tensor([orig_width / width, orig_height / height] * 2)
             self._val_detections.append({
                 "image_id": int(target["image_id"]),
-                "boxes": (detection["boxes"] / float(target["scale"])).cpu(),
+                "boxes": (detection["boxes"] * to_original).cpu(),
                 "scores": detection["scores"].cpu(),
                 "labels": detection["labels"].cpu(),
             })

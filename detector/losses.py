@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor
 
 from detector.boxes import BoxCoder
@@ -34,8 +36,8 @@ class RegressionLoss:
     fn: Callable[..., Tensor]
     default_weight: float
     params: dict = field(default_factory=dict)
-    # |dL/dx| can never exceed this (None: unbounded); the gradient statistics report the
-    # fraction of elements at the bound.
+    # |dL/dx| can never exceed this (None: unbounded or not per element); the gradient
+    # statistics report the fraction of elements at the bound.
     gradient_bound: float | None = None
 
     def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -47,14 +49,15 @@ class _Entry:
     fn: Callable[..., Tensor]
     space: str
     default_weight: float
-    gradient_bound: float | None
+    # A number, or a function of the loss's parameters (balanced L1's bound is gamma).
+    gradient_bound: float | Callable[[dict], float] | None
 
 
 REGISTRY: dict[str, _Entry] = {}
 
 
 def register(name: str, *, space: str, default_weight: float = 1.0,
-             gradient_bound: float | None = None) -> Callable:
+             gradient_bound: float | Callable[[dict], float] | None = None) -> Callable:
     """Decorator adding a loss to the registry under ``name``."""
     if space not in ("deltas", "boxes"):
         raise ValueError(f"loss '{name}': space must be 'deltas' or 'boxes', got {space!r}")
@@ -66,8 +69,9 @@ def register(name: str, *, space: str, default_weight: float = 1.0,
     return decorator
 
 
-def _parameters(fn: Callable) -> list[str]:
-    return [p.name for p in list(inspect.signature(fn).parameters.values())[2:]]
+def _parameters(fn: Callable) -> dict[str, object]:
+    """A loss's parameters (everything after pred and target) with their defaults."""
+    return {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[2:]}
 
 
 def resolve(name: str) -> _Entry:
@@ -98,7 +102,11 @@ def resolve(name: str) -> _Entry:
 
 
 def build_loss(name: str, args: dict | None = None) -> RegressionLoss:
-    """Bind a loss to its parameters; unknown parameters are rejected by name."""
+    """Bind a loss to its parameters; unknown parameters are rejected by name.
+
+    ``params`` of the result holds every parameter, defaults included, so that a run records
+    exactly what it used.
+    """
     entry = resolve(name)
     fn = entry.fn.forward if isinstance(entry.fn, torch.nn.Module) else entry.fn
     accepted = _parameters(fn)
@@ -109,7 +117,12 @@ def build_loss(name: str, args: dict | None = None) -> RegressionLoss:
             f"regression loss '{name}' has no parameter {', '.join(map(repr, unknown))}; "
             f"its parameters: {', '.join(accepted) or 'none'}"
         )
-    return RegressionLoss(name, entry.space, entry.fn, entry.default_weight, args, entry.gradient_bound)
+    params = {k: v for k, v in accepted.items() if v is not inspect.Parameter.empty} | args
+    missing = sorted(set(accepted) - set(params))
+    if missing:
+        raise TypeError(f"regression loss '{name}' needs parameter(s) {', '.join(missing)}")
+    bound = entry.gradient_bound(params) if callable(entry.gradient_bound) else entry.gradient_bound
+    return RegressionLoss(name, entry.space, entry.fn, entry.default_weight, params, bound)
 
 
 # --- delta-space losses: (M, 4), (M, 4) -> (M, 4) ------------------------------------------
@@ -133,6 +146,95 @@ def smooth_l1(pred: Tensor, target: Tensor, beta: float = 1.0 / 9) -> Tensor:
     beta defaults to 1/9, the value of torchvision's and Detectron's Faster R-CNN.
     """
     return F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
+
+
+@register("balanced_l1", space="deltas", gradient_bound=lambda p: p["gamma"])
+def balanced_l1(pred: Tensor, target: Tensor, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0) -> Tensor:
+    """Libra R-CNN's balanced L1 (Pang et al. 2019), MMDetection's defaults.
+
+    With x = |pred - target| and b = e^(gamma / alpha) - 1:
+    alpha / b * (b x + 1) * ln(b x / beta + 1) - alpha x for x < beta, else
+    gamma x + gamma / b - alpha beta. Its gradient alpha * ln(b x / beta + 1) rises faster
+    than smooth L1's near 0 (inliers pull harder) and is capped at gamma beyond beta.
+    """
+    if alpha <= 0 or gamma <= 0 or beta <= 0:
+        raise ValueError(f"balanced_l1 needs alpha, gamma, beta > 0, got {alpha}, {gamma}, {beta}")
+    x = (pred - target).abs()
+    b = math.exp(gamma / alpha) - 1
+    inside = alpha / b * (b * x + 1) * torch.log(b * x / beta + 1) - alpha * x
+    outside = gamma * x + gamma / b - alpha * beta
+    return torch.where(x < beta, inside, outside)
+
+
+# --- box-space losses: (M, 4) xyxy, (M, 4) xyxy -> (M,) ---------------------------------
+# Default weight 10, as the GIoU paper's Faster R-CNN and MMDetection's configs use: an IoU
+# loss is one number per box in [0, 2], where a delta loss sums four larger terms.
+
+def _iou_and_enclosure(pred: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """IoU (M,), enclosing-box corners (M, 2) each."""
+    top_left = torch.maximum(pred[:, :2], target[:, :2])
+    bottom_right = torch.minimum(pred[:, 2:], target[:, 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    area_pred = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+    area_target = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    iou = inter / (area_pred + area_target - inter + eps)
+    return iou, torch.minimum(pred[:, :2], target[:, :2]), torch.maximum(pred[:, 2:], target[:, 2:])
+
+
+@register("iou", space="boxes", default_weight=10.0)
+def iou_loss(pred: Tensor, target: Tensor, mode: str = "linear", eps: float = 1e-7) -> Tensor:
+    """1 - IoU (``mode="linear"``) or -ln IoU (``mode="log"``, UnitBox, Yu et al. 2016)."""
+    if mode not in ("linear", "log"):
+        raise ValueError(f"iou loss: mode must be 'linear' or 'log', got {mode!r}")
+    iou, _, _ = _iou_and_enclosure(pred, target, eps)
+    return 1 - iou if mode == "linear" else -torch.log(iou.clamp(min=eps))
+
+
+@register("giou", space="boxes", default_weight=10.0)
+def giou(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
+    """1 - GIoU (Rezatofighi et al. 2019), torchvision's implementation."""
+    return torchvision.ops.generalized_box_iou_loss(pred, target, reduction="none", eps=eps)
+
+
+@register("diou", space="boxes", default_weight=10.0)
+def diou(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
+    """1 - IoU + centre distance^2 / enclosing diagonal^2 (Zheng et al. 2020), torchvision's."""
+    return torchvision.ops.distance_box_iou_loss(pred, target, reduction="none", eps=eps)
+
+
+@register("ciou", space="boxes", default_weight=10.0)
+def ciou(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
+    """DIoU plus alpha * v, v = 4/pi^2 (atan(w_t/h_t) - atan(w/h))^2 (Zheng et al. 2020).
+
+    torchvision's ``complete_box_iou_loss`` with eps added to the heights, because its w/h is
+    0/0 = nan for a zero-area box; equal to it wherever that is finite (tested).
+    """
+    distance = torchvision.ops.distance_box_iou_loss(pred, target, reduction="none", eps=eps)
+    iou, _, _ = _iou_and_enclosure(pred, target, eps)
+    wh_pred, wh_target = pred[:, 2:] - pred[:, :2], target[:, 2:] - target[:, :2]
+    v = (4 / math.pi**2) * (torch.atan(wh_target[:, 0] / (wh_target[:, 1] + eps))
+                            - torch.atan(wh_pred[:, 0] / (wh_pred[:, 1] + eps))) ** 2
+    with torch.no_grad():  # the trade-off weight is a constant in the paper's gradient
+        alpha = v / (1 - iou + v + eps)
+    return distance + alpha * v
+
+
+@register("eiou", space="boxes", default_weight=10.0)
+def eiou(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
+    """1 - IoU + rho^2(centres) / c^2 + (w - w_t)^2 / c_w^2 + (h - h_t)^2 / c_h^2.
+
+    Zhang et al. 2022 (Focal and Efficient IoU loss), without the focal factor; c_w, c_h and
+    c are the width, height and diagonal of the smallest enclosing box. torchvision has no
+    EIoU, so it is written here.
+    """
+    iou, enclose_min, enclose_max = _iou_and_enclosure(pred, target, eps)
+    enclose_wh = enclose_max - enclose_min  # (M, 2)
+    diagonal_sq = (enclose_wh**2).sum(dim=1) + eps
+    centre_sq = (((pred[:, :2] + pred[:, 2:]) - (target[:, :2] + target[:, 2:])) / 2).pow(2).sum(dim=1)
+    wh_pred, wh_target = pred[:, 2:] - pred[:, :2], target[:, 2:] - target[:, :2]
+    size_terms = ((wh_pred - wh_target) ** 2 / (enclose_wh**2 + eps)).sum(dim=1)
+    return 1 - iou + centre_sq / diagonal_sq + size_terms
 
 
 def box_regression_loss(loss: RegressionLoss, pred_deltas: Tensor, target_boxes: Tensor,

@@ -12,6 +12,7 @@ import torchvision
 from torch import Tensor, nn
 
 from detector.boxes import BoxCoder, clip_boxes
+from detector.gradients import GradientProbe
 from detector.losses import RegressionLoss, box_regression_loss
 from detector.roi_align import roi_align
 from detector.targets import assign, sample_balanced
@@ -55,8 +56,7 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
-        # The regression output of the last forward, for the gradient statistics.
-        self.last_deltas: Tensor | None = None
+        self.gradient_probe = GradientProbe("box_head", regression_loss.name, regression_loss.gradient_bound)
 
     def sample_rois(self, proposals: Tensor, proposal_valid: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                     gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -101,8 +101,9 @@ class RoIHeads(nn.Module):
                                          reduction="sum") / num_sampled
         # (N, S, K+1, 4) -> (N, S, 4): the deltas predicted for the RoI's own class
         class_deltas = torch.gather(deltas, 2, labels.clamp(min=0)[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
-        self.last_deltas = class_deltas
-        regression = box_regression_loss(self.regression_loss, class_deltas, matched, rois, self.coder, labels >= 1)
+        foreground = labels >= 1
+        self.gradient_probe.attach(class_deltas, foreground, self.regression_weight / num_sampled)
+        regression = box_regression_loss(self.regression_loss, class_deltas, matched, rois, self.coder, foreground)
         return {"loss_classifier": classification, "loss_box_reg": self.regression_weight * regression / num_sampled}
 
     def forward(self, features: Tensor, proposals: Tensor, proposal_valid: Tensor, image_sizes: Tensor,

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from detector.anchors import AnchorGenerator
 from detector.boxes import BoxCoder, clip_boxes
+from detector.gradients import GradientProbe
 from detector.losses import RegressionLoss, box_regression_loss
 from detector.targets import assign, sample_balanced
 
@@ -59,8 +60,7 @@ class RegionProposalNetwork(nn.Module):
         self.post_nms_top_n = post_nms_top_n
         self.nms_thresh = nms_thresh
         self.min_size = min_size
-        # The deltas tensor of the last forward, so the gradient statistics can read dL/d(deltas).
-        self.last_deltas: Tensor | None = None
+        self.gradient_probe = GradientProbe("rpn", regression_loss.name, regression_loss.gradient_bound)
 
     def forward(self, features: Tensor, image_sizes: Tensor, gt_boxes: Tensor | None = None,
                 gt_valid: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -70,7 +70,6 @@ class RegionProposalNetwork(nn.Module):
         truth is given.
         """
         objectness, deltas = self.head(features)  # (N, R), (N, R, 4)
-        self.last_deltas = deltas
         anchors = self.anchor_generator.grid_anchors(*features.shape[-2:], features.device, features.dtype)
         mode = "train" if self.training else "test"
         proposals, valid = self.select_proposals(objectness.detach(), deltas.detach(), anchors, image_sizes,
@@ -123,6 +122,7 @@ class RegionProposalNetwork(nn.Module):
         num_sampled = sampled.sum().clamp(min=1)
         objectness_loss = (F.binary_cross_entropy_with_logits(
             objectness, positive.to(objectness.dtype), reduction="none") * sampled).sum() / num_sampled
+        self.gradient_probe.attach(deltas, positive, self.regression_weight / num_sampled)
         regression = box_regression_loss(self.regression_loss, deltas, matched, anchors, self.coder, positive)
         return {"loss_objectness": objectness_loss,
                 "loss_rpn_box": self.regression_weight * regression / num_sampled}

@@ -4,7 +4,9 @@ A run directory holds everything a report needs:
   config.yaml            the resolved configuration
   metrics.json           status, COCO stats of the final model, AP per IoU threshold and per
                          class, the best validation AP, timings
-  metrics.csv            per-step training losses and learning rate, per-validation COCO stats
+  metrics.csv            per-step training losses and learning rate, COCO stats of the
+                         validations inside training (the final one is in metrics.json)
+  gradients.csv          |dl/dx| of the regression outputs (box head, RPN) at logging steps
   detections_val.json    the final model's validation detections, COCO results format
   checkpoints/           last.ckpt and best.ckpt (by validation AP)
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,15 @@ from detector import config as config_lib
 from detector.config import Config
 from detector.data import DetectionDataModule
 from detector.evaluation import format_metrics_table
+from detector.gradients import GradientLog
 from detector.io import atomic_write_json
 from detector.lit import DetectorModule
 
 log = logging.getLogger(__name__)
+
+# The run directory already holds config.yaml and metrics.json when the CSV logger opens it;
+# Lightning's warning about a non-empty folder would wrongly suggest something gets lost.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
 def default_run_name(cfg: Config) -> str:
@@ -94,13 +102,30 @@ def train(cfg: Config) -> Path:
     record["class_names"] = module.class_names
 
     trainer = build_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=data)
+    if t.gradient_stats and trainer.is_global_zero:
+        module.gradient_log = GradientLog(run_dir / "gradients.csv")
+    try:
+        trainer.fit(module, datamodule=data)
+    finally:
+        if module.gradient_log is not None:
+            module.gradient_log.close()
     trained = time.perf_counter()
-    if module.last_metrics_step != trainer.global_step:  # the final epoch was not validated
-        trainer.validate(module, datamodule=data, verbose=False)
+    best = trainer.checkpoint_callback
+    if module.last_metrics_step != trainer.global_step:  # the final model was not validated yet
+        # A logger-less trainer: Lightning's CSV logger would start metrics.csv afresh.
+        evaluator = pl.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                               strategy=t.strategy, precision=t.precision, logger=False,
+                               enable_checkpointing=False, enable_progress_bar=t.progress,
+                               enable_model_summary=False)
+        evaluator.validate(module, datamodule=data, verbose=False)
+        final_ap = module.last_metrics["stats"]["AP"]
+        # ModelCheckpoint only acts on validations inside fit(); keep best.ckpt truthful.
+        if best.best_model_score is None or final_ap > float(best.best_model_score):
+            best.best_model_path = str(run_dir / "checkpoints" / "best.ckpt")
+            best.best_model_score = torch.tensor(final_ap)
+            trainer.save_checkpoint(best.best_model_path)
     evaluated = time.perf_counter()
 
-    best = trainer.checkpoint_callback
     record.update({
         "status": "completed",
         "steps": trainer.global_step,

@@ -48,16 +48,17 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
 
 def add_config_arguments(parser: argparse.ArgumentParser, flags: list[str] | None = None) -> None:
     parser.add_argument("--config", help="YAML preset (default: the built-in shapes CPU preset)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override any option, e.g. --set train.lr=0.001 model.anchor_sizes=[8,16]")
-    parser.add_argument("--loss-args", nargs="+", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--loss-args", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                         help="regression loss parameters, e.g. --loss-args beta=0.111")
     for flag in flags or list(FLAGS):
         key, help_text, kwargs = FLAGS[flag]
         parser.add_argument(flag, dest=key.replace(".", "__"), help=f"{help_text} [{key}]", **kwargs)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Config:
+    """The configuration of ``--config`` (or ``base``, or the defaults) with the flags applied."""
     overrides = list(args.set)
     for flag, (key, _, _) in FLAGS.items():
         value = getattr(args, key.replace(".", "__"), None)
@@ -71,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 raise ConfigError(f"--loss-args item '{item}' must look like name=value")
             loss_args[name] = yaml.safe_load(text)
         overrides.append(f"loss.args={yaml.safe_dump(loss_args, default_flow_style=True).strip()}")
-    return config_lib.load(args.config, overrides)
+    return config_lib.load(args.config, overrides, base=base)
 
 
 def run_main(main: Callable[[], int | None]) -> None:

@@ -72,7 +72,11 @@ def test_box_regression_loss_masks_background_and_stays_finite(name):
     total.backward()
     assert torch.isfinite(total) and torch.isfinite(pred.grad).all()
     assert (pred.grad[1] == 0).all()  # background contributes nothing
-    expected = loss(pred[[0, 2]], coder.encode(target[[0, 2]], reference[[0, 2]])).sum()
+    rows = [0, 2]
+    if loss.space == "deltas":
+        expected = loss(pred[rows], coder.encode(target[rows], reference[rows])).sum()
+    else:
+        expected = loss(coder.decode(pred[rows], reference[rows]), target[rows]).sum()
     torch.testing.assert_close(total, expected)
 
 
@@ -83,3 +87,79 @@ def test_box_regression_loss_of_empty_input_is_zero():
                                 torch.zeros(0, dtype=torch.bool))
     total.backward()
     assert total.item() == 0.0
+
+
+# --- the rest of the registry: balanced L1 and the box-space family ------------------------
+
+def test_balanced_l1_hand_worked():
+    # alpha 0.5, gamma 1.5, beta 1: b = e^3 - 1 = 19.0855
+    # x = 0.5: 0.5/b * (0.5 b + 1) * ln(0.5 b + 1) - 0.25 = 0.276199 * 2.355446 - 0.25 = 0.400573
+    # x = 2:   1.5 * 2 + 1.5 / b - 0.5 = 2.578594;  x = 0: 0
+    x = torch.tensor([[0.5, 2.0, 0.0, -2.0]])
+    values = build_loss("balanced_l1")(x, torch.zeros_like(x))
+    torch.testing.assert_close(values, torch.tensor([[0.400573, 2.578594, 0.0, 2.578594]]), atol=1e-5, rtol=0)
+    # gradient alpha * ln(b x / beta + 1) inside, gamma beyond: at x = 0.5, 0.5 * ln(10.5428) = 1.177723
+    grad = gradient("balanced_l1", torch.tensor([[0.5, 2.0, -2.0]]))
+    torch.testing.assert_close(grad, torch.tensor([[1.177723, 1.5, -1.5]]), atol=1e-5, rtol=0)
+    assert build_loss("balanced_l1", {"gamma": 2.0}).gradient_bound == 2.0
+
+
+BOX_A = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
+BOX_B = torch.tensor([[5.0, 0, 15, 10], [0, 0, 20, 10], [20, 0, 30, 10]])
+
+
+def test_iou_losses_hand_worked():
+    # pair 1: IoU 50 / 150 = 1/3; pair 2: 100 / 200 = 1/2; pair 3: disjoint, IoU 0
+    torch.testing.assert_close(build_loss("iou")(BOX_A, BOX_B), torch.tensor([2 / 3, 0.5, 1.0]))
+    log_values = build_loss("iou", {"mode": "log"})(BOX_A[:2], BOX_B[:2])
+    torch.testing.assert_close(log_values, torch.tensor([1.098612, 0.693147]))  # ln 3, ln 2
+    # GIoU pair 3: enclosure 300, union 200 -> GIoU = 0 - 100/300, loss 4/3
+    torch.testing.assert_close(build_loss("giou")(BOX_A, BOX_B), torch.tensor([2 / 3, 0.5, 4 / 3]))
+
+
+def test_eiou_hand_worked():
+    # pair 1: 1 - 1/3 + centre distance 5^2 / enclosure diagonal (15^2 + 10^2) = 0.666667 + 0.076923
+    # pair 2: 1 - 1/2 + 5^2 / (20^2 + 10^2) + width (10 - 20)^2 / 20^2 = 0.5 + 0.05 + 0.25
+    torch.testing.assert_close(build_loss("eiou")(BOX_A[:2], BOX_B[:2]), torch.tensor([0.743590, 0.8]))
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("giou", "generalized_box_iou_loss"), ("diou", "distance_box_iou_loss"), ("ciou", "complete_box_iou_loss")])
+def test_box_losses_equal_torchvision_ops(name, reference):
+    import torchvision
+
+    gen = torch.Generator().manual_seed(5)
+    xy = torch.rand(2, 200, 2, generator=gen) * 50
+    boxes = torch.cat((xy, xy + torch.rand(2, 200, 2, generator=gen) * 30 + 1), dim=-1)
+    expected = getattr(torchvision.ops, reference)(boxes[0], boxes[1], reduction="none")
+    torch.testing.assert_close(build_loss(name)(boxes[0], boxes[1]), expected)
+
+
+CASES = {
+    "empty": (torch.zeros(0, 4), torch.zeros(0, 4)),
+    "identical": (torch.tensor([[1.0, 2, 8, 9]]), torch.tensor([[1.0, 2, 8, 9]])),
+    "zero_area": (torch.tensor([[5.0, 5, 5, 5]]), torch.tensor([[5.0, 5, 5, 5]])),
+    "zero_area_vs_box": (torch.tensor([[5.0, 5, 5, 5]]), torch.tensor([[1.0, 2, 8, 9]])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_loss_finite_on_edge_cases(name, case):
+    pred, target = CASES[case]
+    pred = pred.clone().requires_grad_(True)
+    values = build_loss(name)(pred, target)
+    values.sum().backward()
+    assert torch.isfinite(values).all() and torch.isfinite(pred.grad).all()
+    if case == "identical":
+        assert values.abs().max().item() < 1e-6
+    if case == "empty":
+        assert values.numel() == 0
+
+
+def test_registry_declares_spaces_and_published_weights():
+    for name in ("l1", "l2", "smooth_l1", "balanced_l1"):
+        assert build_loss(name).space == "deltas" and build_loss(name).default_weight == 1.0
+    for name in ("iou", "giou", "diou", "ciou", "eiou"):
+        assert build_loss(name).space == "boxes" and build_loss(name).default_weight == 10.0
+    assert build_loss("smooth_l1").params == {"beta": pytest.approx(1 / 9)}  # defaults recorded

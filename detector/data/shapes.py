@@ -42,11 +42,11 @@ from PIL import Image, ImageDraw
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "cross", "ring", "star")
 SPLITS = ("train", "val")  # split_index 0 and 1 in the per-image seeds
 # Bump when the rendering changes, so that datasets made by an older generator are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SUPERSAMPLE = 4  # shapes are rasterised at 4x and box-averaged down: 16 coverage levels per pixel
-MIN_LONG_SIDE = 8.0  # px; smallest longer side of an object
-MIN_SIDE = 6.0  # px; no object is thinner than this, so every class stays recognisable
+MIN_LONG_SIDE = 10.0  # px; smallest longer side of an object (below ~10 px the six shapes blur into the same blob)
+MIN_SIDE = 7.0  # px; no object is thinner than this, so every class stays recognisable
 MAX_OBJECTS = 6
 MAX_PLACEMENT_TRIES = 40  # per object; an object that finds no free spot is left out
 MAX_IOU = 0.3  # placement rejected above this IoU with an already placed box ...

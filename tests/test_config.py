@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from detector import config as config_lib
+from detector.config import Config, ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
+    cfg = config_lib.load()
+    config_lib.save(cfg, tmp_path / "config.yaml")
+    assert config_lib.load(tmp_path / "config.yaml") == cfg
+
+
+def test_shapes_preset_is_the_default():
+    assert config_lib.load(CONFIGS / "shapes.yaml") == Config()
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_preset_loads(preset):
+    config_lib.load(CONFIGS / preset)
+
+
+def test_overrides_are_typed():
+    cfg = config_lib.load(overrides=["train.lr=0.01", "model.anchor_sizes=[16, 32]", "data.hflip=false",
+                                     "loss.args={beta: 0.5}", "train.threads=2", "model.weights="])
+    assert cfg.train.lr == 0.01 and cfg.model.anchor_sizes == [16, 32] and cfg.data.hflip is False
+    assert cfg.loss.args == {"beta": 0.5} and cfg.train.threads == 2 and cfg.model.weights is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "unknown option 'train.lrr'; valid options: .*train.lr"),
+    ("optim.lr=1", "unknown option 'optim.lr'"),
+    ("data.name=kitti", "option 'data.name' is 'kitti'; valid choices: shapes, coco, voc"),
+    ("model.backbone=vgg16", "valid choices: resnet18, resnet34, resnet50"),
+    ("train.epochs=two", "option 'train.epochs' must be int"),
+    ("train.lr=-1", "option 'train.lr' is -1.0; it must be > 0"),
+    ("model.rpn_fg_iou_thresh=0.2", "model.rpn_fg_iou_thresh"),
+    ("loss.name=l3", "unknown regression loss 'l3'; valid losses: balanced_l1, ciou, diou, eiou, giou, iou, l1, l2, smooth_l1"),
+    ("loss.args={alpha: 1}", "no parameter 'alpha'; its parameters: beta"),
+    ("model.weights=/nonexistent.pth", "file not found: /nonexistent.pth"),
+    ("train.epochs", "must look like section.key=value"),
+])
+def test_invalid_values_name_the_option_and_choices(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config_lib.load(overrides=[override])
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: [\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        config_lib.load(bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("trainer: {lr: 1}\n")
+    with pytest.raises(ConfigError, match="unknown.yaml: unknown section 'trainer'; valid sections: data, model, loss, train"):
+        config_lib.load(unknown)
+    with pytest.raises(ConfigError, match="config file not found"):
+        config_lib.load(tmp_path / "missing.yaml")

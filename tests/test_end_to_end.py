@@ -1,0 +1,102 @@
+"""Tiny real trainings through the scripts: run directory, metrics, checkpoint evaluation."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detector import config as config_lib
+from detector.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"
+
+TINY_SHAPES = [
+    "data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
+    "data.num_workers=0", "train.epochs=2", "train.warmup_steps=2", "train.progress=false",
+    "train.log_every_n_steps=2", "train.val_every_n_epochs=1",
+]
+
+
+def run_script(*args, cwd=REPO):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = config_lib.load(overrides=TINY_SHAPES + [f"data.root={out / 'shapes'}", f"train.out_dir={out}",
+                                                   "train.run_name=tiny", "loss.name=l2"])
+    return train(cfg)
+
+
+def test_training_writes_a_complete_run_directory(shapes_run):
+    metrics = json.loads((shapes_run / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["steps"] == 6  # 24 images / batch 8 = 3 steps per epoch, 2 epochs
+    assert metrics["loss"]["box_head"] == {"name": "l2", "space": "deltas", "params": {}, "weight": 1.0}
+    stats = metrics["val"]["stats"]
+    assert set(stats) >= {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}
+    assert all(0.0 <= stats[k] <= 1.0 for k in ("AP", "AP50", "AP75"))
+    assert list(metrics["val"]["ap_per_iou"]) == [f"{t / 100:.2f}" for t in range(50, 100, 5)]
+    assert set(metrics["timings"]) == {"data_s", "train_s", "final_eval_s", "total_s"}
+    saved = yaml.safe_load((shapes_run / "config.yaml").read_text())
+    assert saved["loss"]["name"] == "l2" and saved["train"]["epochs"] == 2
+    assert (shapes_run / "checkpoints" / "last.ckpt").is_file()
+    assert (shapes_run / "checkpoints" / "best.ckpt").is_file()
+    header = (shapes_run / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss_box_reg" in header and "val/AP" in header
+    detections = json.loads((shapes_run / "detections_val.json").read_text())
+    assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in detections)
+
+
+def test_evaluate_script_reproduces_the_training_metrics(shapes_run, tmp_path):
+    # last.ckpt is the final model, whose validation metrics.json recorded.
+    result = run_script("scripts/evaluate.py", shapes_run / "checkpoints" / "last.ckpt", "--out", tmp_path,
+                        "--num-workers", "0")
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())["val"]
+    trained = json.loads((shapes_run / "metrics.json").read_text())["val"]
+    assert evaluated["stats"] == pytest.approx(trained["stats"])
+    assert evaluated["num_detections"] == trained["num_detections"]
+    assert "AP50" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--loss", "l3"], "unknown regression loss 'l3'; valid losses:"),
+    (["--loss-args", "gamma=2"], "no parameter 'gamma'"),
+    (["--set", "train.optimiser=sgd"], "unknown option 'train.optimiser'"),
+    (["--data", "kitti"], "valid choices: shapes, coco, voc"),
+    (["--data", "coco", "--data-root", "/nonexistent/coco"], "/nonexistent/coco"),
+])
+def test_train_script_rejects_bad_options_with_status_2(args, message, tmp_path):
+    result = run_script("scripts/train.py", *args, "--out-dir", tmp_path, "--set", "train.progress=false")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not TINY_COCO.is_dir(), reason="../shared/data/tiny_coco not present")
+def test_tiny_coco_smoke_run(tmp_path):
+    cfg = config_lib.load(REPO / "configs" / "tiny_coco.yaml", overrides=[
+        f"data.root={TINY_COCO}", f"train.out_dir={tmp_path}", "train.run_name=coco", "train.max_steps=3",
+        "data.batch_size=2", "data.num_workers=0", "train.progress=false", "data.max_val_images=10"])
+    metrics = json.loads((train(cfg) / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 3
+    assert metrics["num_train_images"] == 50 and metrics["val"]["num_images"] == 10
+    assert len(metrics["class_names"]) == 80
+    assert 0.0 <= metrics["val"]["stats"]["AP"] <= 1.0
+
+
+def test_gradient_statistics_recorded_for_both_heads(shapes_run):
+    import csv
+
+    rows = list(csv.DictReader((shapes_run / "gradients.csv").open()))
+    assert {r["head"] for r in rows} == {"box_head", "rpn"}
+    assert {int(r["step"]) for r in rows} <= {0, 2, 4}  # log_every_n_steps=2 over 6 steps
+    for row in rows:
+        assert row["loss"] == "l2" and int(row["count"]) > 0
+        assert 0 <= float(row["median"]) <= float(row["p99"]) <= float(row["max"])

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from detector import config as config_lib
+from detector.losses import REGISTRY
+from detector.model import build_model
+
+SMALL = ["model.feature_channels=32", "model.representation_size=64", "model.box_batch_size_per_image=32",
+         "model.rpn_pre_nms_top_n_train=200", "model.rpn_post_nms_top_n_train=50"]
+
+
+def batch(seed=0, empty_last=True):
+    gen = torch.Generator().manual_seed(seed)
+    images = [torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8, generator=gen),
+              torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8, generator=gen)]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 52.0, 20.0]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[10.0, 10.0, 20.0, 30.0]]), "labels": torch.tensor([3])}]
+    if empty_last:
+        targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    return images, targets
+
+
+def test_preprocess_pads_to_16_and_keeps_sizes():
+    model = build_model(config_lib.load(overrides=SMALL), num_classes=3)
+    images, _ = batch()
+    padded, sizes = model.preprocess(images)
+    assert padded.shape == (2, 3, 64, 80)  # 64x80 and 48x64 -> common 64x80, multiples of 16
+    assert sizes.tolist() == [[64.0, 80.0], [48.0, 64.0]]
+    assert (padded[1, :, 48:, :] == 0).all()  # padding is zero after normalisation
+    expected = (images[0][0, 0, 0].float() - model.pixel_mean[0, 0, 0, 0]) / model.pixel_std[0, 0, 0, 0]
+    torch.testing.assert_close(padded[0, 0, 0, 0], expected)
+
+
+def test_pad_targets_masks_padding():
+    _, targets = batch(empty_last=True)
+    boxes, labels, valid = build_model(config_lib.load(overrides=SMALL), num_classes=3).pad_targets(targets, "cpu")
+    assert boxes.shape == (2, 2, 4) and valid.tolist() == [[True, True], [False, False]]
+    assert labels.tolist() == [[1, 2], [0, 0]]
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_loss_trains_a_few_steps_with_finite_values(name):
+    torch.manual_seed(0)
+    model = build_model(config_lib.load(overrides=SMALL + [f"loss.name={name}"]), num_classes=3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for step in range(3):
+        images, targets = batch(step, empty_last=step == 1)  # an image without boxes, too
+        losses = model(images, targets)
+        assert set(losses) == {"loss_objectness", "loss_rpn_box", "loss_classifier", "loss_box_reg"}
+        total = sum(losses.values())
+        assert torch.isfinite(total), (name, step, losses)
+        optimizer.zero_grad()
+        total.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+
+
+def test_inference_returns_boxes_inside_each_image():
+    model = build_model(config_lib.load(overrides=SMALL + ["model.box_score_thresh=0.0"]), num_classes=3).eval()
+    images, _ = batch()
+    with torch.no_grad():
+        detections = model(images)
+    assert len(detections) == 2
+    for image, det in zip(images, detections):
+        assert det["boxes"].shape[1] == 4 and len(det["boxes"]) == len(det["scores"]) == len(det["labels"])
+        assert 0 < len(det["boxes"]) <= 100
+        assert (det["boxes"][:, 2] <= image.shape[2]).all() and (det["boxes"][:, 3] <= image.shape[1]).all()
+        assert ((det["labels"] >= 1) & (det["labels"] <= 3)).all()
+        assert (det["scores"][:-1] >= det["scores"][1:]).all()  # best first
+
+
+def test_training_requires_targets():
+    model = build_model(config_lib.load(overrides=SMALL), num_classes=3)
+    with pytest.raises(ValueError, match="targets are required"):
+        model(batch()[0])
