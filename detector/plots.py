@@ -64,7 +64,7 @@ def plot_loss_curves(path: str | Path) -> Path:
         ax.axvline(1.0 if ax in (axes[0, 2], axes[1, 2]) else 0.0, color="grey", lw=0.8)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def read_gradient_rows(run_dir: str | Path) -> list[dict]:
@@ -93,10 +93,10 @@ def plot_gradient_statistics(runs: dict[str, Path], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -155,4 +155,4 @@ def _loss_record(head) -> dict[str, Any]:
 
 
 def _relative(path: str, root: Path) -> str | None:
-    return str(Path(path).relative_to(root)) if path else None
+    return str(Path(path).resolve().relative_to(root.resolve())) if path else None

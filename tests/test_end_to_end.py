@@ -1,6 +1,7 @@
 """Tiny real trainings through the scripts: run directory, metrics, checkpoint evaluation."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,15 +29,22 @@ def run_script(*args, cwd=REPO):
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = config_lib.load(overrides=TINY_SHAPES + [f"data.root={out / 'shapes'}", f"train.out_dir={out}",
+    # Relative paths, as a user types them, from inside the output folder.
+    cfg = config_lib.load(overrides=TINY_SHAPES + ["data.root=shapes", "train.out_dir=runs",
                                                    "train.run_name=tiny", "loss.name=l2"])
-    return train(cfg)
+    cwd = os.getcwd()
+    os.chdir(out)
+    try:
+        return out / train(cfg)
+    finally:
+        os.chdir(cwd)
 
 
 def test_training_writes_a_complete_run_directory(shapes_run):
     metrics = json.loads((shapes_run / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     assert metrics["steps"] == 6  # 24 images / batch 8 = 3 steps per epoch, 2 epochs
+    assert metrics["checkpoints"] == {"best": "checkpoints/best.ckpt", "last": "checkpoints/last.ckpt"}
     assert metrics["loss"]["box_head"] == {"name": "l2", "space": "deltas", "params": {}, "weight": 1.0}
     stats = metrics["val"]["stats"]
     assert set(stats) >= {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}
