@@ -79,6 +79,8 @@ def plot_gradient_statistics(runs: dict[str, Path], path: str | Path) -> Path:
         rows = read_gradient_rows(run_dir)
         for column, head in enumerate(("box_head", "rpn")):
             mine = [r for r in rows if r["head"] == head]
+            if not mine:  # e.g. no RPN rows: nothing to draw for this head
+                continue
             steps = [int(r["step"]) for r in mine]
             axes[0, column].plot(steps, [float(r["median"]) for r in mine], color=colour, label=f"{label} median")
             axes[0, column].plot(steps, [float(r["p99"]) for r in mine], color=colour, ls="--", label=f"{label} p99")
@@ -86,7 +88,9 @@ def plot_gradient_statistics(runs: dict[str, Path], path: str | Path) -> Path:
             if any(b == b for b in bound):  # not all nan: the loss has a gradient bound
                 axes[1, column].plot(steps, bound, color=colour, label=label)
     for column, head in enumerate(("box head", "RPN")):
-        axes[0, column].set(title=f"{head}: |dl/dx| per foreground output", ylabel="|dl/dx|", yscale="log")
+        axes[0, column].set(title=f"{head}: |dl/dx| per foreground output", ylabel="|dl/dx|")
+        if axes[0, column].lines:  # a log axis without data cannot be drawn
+            axes[0, column].set_yscale("log")
         axes[1, column].set(title=f"{head}: fraction of outputs at the gradient bound", xlabel="training step",
                             ylabel="fraction", ylim=(0, 1))
     for ax in axes.flat:

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from detector.io import atomic_write_json, atomic_write_text  # noqa: E402
-from detector.plots import save_figure, plot_gradient_statistics  # noqa: E402
+from detector.plots import plot_gradient_statistics, read_gradient_rows, save_figure  # noqa: E402
 
 COLUMNS = ("run", "loss", "status", "steps", "AP", "AP50", "AP75", "AP90", "AP_small", "AP_medium", "AP_large",
            "train_s", "total_s")
@@ -70,6 +70,32 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+GRADIENT_WINDOW = 5  # logged steps averaged at the start and at the end of training
+
+
+def gradient_summary(runs: dict[str, Path]) -> str:
+    """Markdown table: |dl/dx| statistics averaged over the first and the last
+    ``GRADIENT_WINDOW`` logged steps of each run, box head and RPN."""
+    header = ("| run | head | steps | median | p99 | max | at bound | steps | median | p99 | max | at bound |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [header]
+    for name, run_dir in runs.items():
+        rows = read_gradient_rows(run_dir)
+        for head in ("box_head", "rpn"):
+            mine = [r for r in rows if r["head"] == head]
+            if not mine:
+                continue
+            cells = []
+            for window in (mine[:GRADIENT_WINDOW], mine[-GRADIENT_WINDOW:]):
+                mean = {k: sum(float(r[k]) for r in window) / len(window)
+                        for k in ("median", "p99", "max", "fraction_at_bound")}
+                bound = "-" if mean["fraction_at_bound"] != mean["fraction_at_bound"] else f"{mean['fraction_at_bound']:.2f}"
+                cells += [f"{window[0]['step']}-{window[-1]['step']}", f"{mean['median']:.3f}", f"{mean['p99']:.3f}",
+                          f"{mean['max']:.3f}", bound]
+            lines.append(f"| {name} | {head} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_ap_vs_iou(rows: list[dict[str, Any]], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     for row in rows:
@@ -100,7 +126,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str) 
         sections += ["## Regression gradients during training",
                      "|dl/dx| of the foreground regression outputs (median solid, p99 dashed) and the "
                      "fraction of outputs at the loss's gradient bound.",
-                     "![gradient statistics](gradients.png)"]
+                     "![gradient statistics](gradients.png)",
+                     f"Averaged over the first and the last {GRADIENT_WINDOW} logged steps:",
+                     gradient_summary(with_gradients)]
     atomic_write_text(out_dir / "report.md", "\n\n".join(sections) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")

@@ -49,3 +49,17 @@ def test_missing_or_corrupt_run_directory_is_named(tmp_path):
     (tmp_path / "metrics.json").write_text("{broken")
     with pytest.raises(ValueError, match="metrics.json: not valid JSON"):
         load_run(tmp_path)
+
+
+def test_gradient_summary_averages_first_and_last_windows(tmp_path):
+    from detector.report import gradient_summary
+
+    run = make_run(tmp_path, "g", "l1", 0.7)
+    lines = ["step,head,loss,count,mean,median,p90,p99,max,fraction_at_bound"]
+    for step in range(0, 100, 10):  # medians 0.5..9.5 -> first five average 2.5, last five 7.5
+        lines.append(f"{step},box_head,l1,10,1,{step / 10 + 0.5},1,1,1,1.0")
+    (run / "gradients.csv").write_text("\n".join(lines) + "\n")
+    table = gradient_summary({"g": run})
+    assert "| g | box_head | 0-40 | 2.500 | 1.000 | 1.000 | 1.00 | 50-90 | 7.500 | 1.000 | 1.000 | 1.00 |" in table
+    report = write_report([run], tmp_path / "out", "cmd").read_text()
+    assert "![gradient statistics](gradients.png)" in report and (tmp_path / "out" / "gradients.png").is_file()
