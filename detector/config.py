@@ -83,10 +83,14 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "smooth_l1"  # regression loss of the box head (and the RPN unless rpn_name)
-    rpn_name: str | None = None
+    name: str = "smooth_l1"  # regression loss of the box head (and of the RPN unless rpn_name)
     args: dict[str, Any] = field(default_factory=dict)  # e.g. {beta: 0.111}
     weight: float | None = None  # None: the loss's published default
+    # A different RPN loss. Its parameters and weight are its own (args/weight above belong to
+    # `name`, and e.g. smooth_l1's beta means nothing to giou); unset, the RPN uses the above.
+    rpn_name: str | None = None
+    rpn_args: dict[str, Any] = field(default_factory=dict)
+    rpn_weight: float | None = None
 
 
 @dataclass
@@ -305,9 +309,18 @@ def validate(cfg: Config) -> None:
     check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "empty or > 0")
     # Loss names and parameters are checked by building them: the registry's errors list
     # the valid names and the parameters each loss accepts.
-    try:
-        losses.build_loss(cfg.loss.name, cfg.loss.args)
-        losses.build_loss(cfg.loss.rpn_name or cfg.loss.name, cfg.loss.args)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(str(exc.args[0] if exc.args else exc)) from None
+    for prefix, name, args in (("loss", cfg.loss.name, cfg.loss.args),
+                               ("loss.rpn", cfg.loss.rpn_name, cfg.loss.rpn_args)):
+        if name is None:
+            if args:
+                raise ConfigError("option 'loss.rpn_args' is set but 'loss.rpn_name' is not; "
+                                  "set loss.rpn_name, or put the parameters in loss.args")
+            continue
+        try:
+            losses.build_loss(name, args)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{prefix}: {exc.args[0] if exc.args else exc}") from None
     check(cfg.loss.weight is None or cfg.loss.weight > 0, "loss.weight", "empty or > 0")
+    check(cfg.loss.rpn_weight is None or cfg.loss.rpn_weight > 0, "loss.rpn_weight", "empty or > 0")
+    if cfg.loss.rpn_weight is not None and cfg.loss.rpn_name is None:
+        raise ConfigError("option 'loss.rpn_weight' is set but 'loss.rpn_name' is not; use loss.weight")

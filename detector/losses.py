@@ -117,12 +117,23 @@ def build_loss(name: str, args: dict | None = None) -> RegressionLoss:
             f"regression loss '{name}' has no parameter {', '.join(map(repr, unknown))}; "
             f"its parameters: {', '.join(accepted) or 'none'}"
         )
-    params = {k: v for k, v in accepted.items() if v is not inspect.Parameter.empty} | args
+    params = {k: v for k, v in accepted.items() if v is not inspect.Parameter.empty}
+    params |= {k: _like_default(name, k, v, accepted[k]) for k, v in args.items()}
     missing = sorted(set(accepted) - set(params))
     if missing:
         raise TypeError(f"regression loss '{name}' needs parameter(s) {', '.join(missing)}")
     bound = entry.gradient_bound(params) if callable(entry.gradient_bound) else entry.gradient_bound
     return RegressionLoss(name, entry.space, entry.fn, entry.default_weight, params, bound)
+
+
+def _like_default(loss: str, key: str, value, default):
+    """Coerce a parameter to its default's type: YAML reads ``1e-6`` as a string."""
+    if isinstance(default, float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"regression loss '{loss}': parameter '{key}' must be a number, got {value!r}") from None
+    return value
 
 
 # --- delta-space losses: (M, 4), (M, 4) -> (M, 4) ------------------------------------------

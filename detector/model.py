@@ -74,21 +74,26 @@ class FasterRCNN(nn.Module):
         return self.roi_heads(features, proposals, valid, image_sizes)
 
 
-def regression_losses(cfg: Config) -> tuple[RegressionLoss, RegressionLoss]:
-    """(box head loss, RPN loss) as configured; the RPN uses the box head's unless rpn_name."""
+def regression_losses(cfg: Config) -> tuple[tuple[RegressionLoss, float], tuple[RegressionLoss, float]]:
+    """(loss, weight) of the box head and of the RPN. The RPN shares the box head's loss,
+    parameters and weight unless loss.rpn_name names its own."""
     head = build_loss(cfg.loss.name, cfg.loss.args)
-    rpn = build_loss(cfg.loss.rpn_name, cfg.loss.args) if cfg.loss.rpn_name else head
-    return head, rpn
+    head_weight = cfg.loss.weight if cfg.loss.weight is not None else head.default_weight
+    if cfg.loss.rpn_name is None:
+        return (head, head_weight), (head, head_weight)
+    rpn = build_loss(cfg.loss.rpn_name, cfg.loss.rpn_args)
+    rpn_weight = cfg.loss.rpn_weight if cfg.loss.rpn_weight is not None else rpn.default_weight
+    return (head, head_weight), (rpn, rpn_weight)
 
 
 def build_model(cfg: Config, num_classes: int) -> FasterRCNN:
     m = cfg.model
-    head_loss, rpn_loss = regression_losses(cfg)
+    (head_loss, head_weight), (rpn_loss, rpn_weight) = regression_losses(cfg)
     backbone = Backbone(name=m.backbone, out_channels=m.feature_channels, weights=m.weights)
     anchors = AnchorGenerator(sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios, stride=backbone.stride)
     rpn = RegionProposalNetwork(
         in_channels=backbone.out_channels, anchor_generator=anchors, regression_loss=rpn_loss,
-        regression_weight=cfg.loss.weight or rpn_loss.default_weight,
+        regression_weight=rpn_weight,
         fg_iou_thresh=m.rpn_fg_iou_thresh, bg_iou_thresh=m.rpn_bg_iou_thresh,
         batch_size_per_image=m.rpn_batch_size_per_image, positive_fraction=m.rpn_positive_fraction,
         pre_nms_top_n={"train": m.rpn_pre_nms_top_n_train, "test": m.rpn_pre_nms_top_n_test},
@@ -99,7 +104,7 @@ def build_model(cfg: Config, num_classes: int) -> FasterRCNN:
         in_channels=backbone.out_channels, num_classes=num_classes, spatial_scale=1.0 / backbone.stride,
         output_size=m.roi_output_size, sampling_ratio=m.roi_sampling_ratio,
         representation_size=m.representation_size, regression_loss=head_loss,
-        regression_weight=cfg.loss.weight or head_loss.default_weight,
+        regression_weight=head_weight,
         fg_iou_thresh=m.box_fg_iou_thresh, bg_iou_thresh=m.box_bg_iou_thresh,
         batch_size_per_image=m.box_batch_size_per_image, positive_fraction=m.box_positive_fraction,
         score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,

@@ -22,6 +22,8 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
     "--rpn-loss": ("loss.rpn_name", "regression loss of the RPN only (default: --loss)", {}),
     "--loss-weight": ("loss.weight", "regression loss weight (default: the loss's published default)",
                       {"type": float}),
+    "--rpn-loss-weight": ("loss.rpn_weight", "weight of the --rpn-loss (default: its published default)",
+                          {"type": float}),
     "--data": ("data.name", "dataset: shapes, coco or voc", {}),
     "--data-root": ("data.root", "dataset folder (see README: Datasets)", {}),
     "--train-split": ("data.train_split", "training split name", {}),
@@ -52,6 +54,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, flags: list[str] | Non
                         help="override any option, e.g. --set train.lr=0.001 model.anchor_sizes=[8,16]")
     parser.add_argument("--loss-args", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                         help="regression loss parameters, e.g. --loss-args beta=0.111")
+    parser.add_argument("--rpn-loss-args", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                        help="parameters of the --rpn-loss")
     for flag in flags or list(FLAGS):
         key, help_text, kwargs = FLAGS[flag]
         parser.add_argument(flag, dest=key.replace(".", "__"), help=f"{help_text} [{key}]", **kwargs)
@@ -64,15 +68,21 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
         value = getattr(args, key.replace(".", "__"), None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    if args.loss_args:
-        loss_args = {}
-        for item in args.loss_args:
-            name, sep, text = item.partition("=")
-            if not sep or not name:
-                raise ConfigError(f"--loss-args item '{item}' must look like name=value")
-            loss_args[name] = yaml.safe_load(text)
-        overrides.append(f"loss.args={yaml.safe_dump(loss_args, default_flow_style=True).strip()}")
+    for flag, key in (("--loss-args", "loss.args"), ("--rpn-loss-args", "loss.rpn_args")):
+        items = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if items:
+            overrides.append(f"{key}={yaml.safe_dump(_parse_pairs(items, flag), default_flow_style=True).strip()}")
     return config_lib.load(args.config, overrides, base=base)
+
+
+def _parse_pairs(items: list[str], flag: str) -> dict:
+    pairs = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{flag} item '{item}' must look like name=value")
+        pairs[name] = yaml.safe_load(text)
+    return pairs
 
 
 def run_main(main: Callable[[], int | None]) -> None:

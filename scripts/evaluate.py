@@ -31,7 +31,7 @@ def main() -> int:
     checkpoint = find_checkpoint(args.checkpoint)
     cfg = checkpoint_config(checkpoint)
     # The checkpoint's configuration, then the command line's data overrides on top.
-    args.config, args.loss_args = None, []
+    args.config, args.loss_args, args.rpn_loss_args = None, [], []
     overrides = config_from_args(args, base=config_lib.to_dict(cfg))
     split = args.split or overrides.data.val_split
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent

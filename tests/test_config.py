@@ -40,6 +40,8 @@ def test_overrides_are_typed():
     ("model.rpn_fg_iou_thresh=0.2", "model.rpn_fg_iou_thresh"),
     ("loss.name=l3", "unknown regression loss 'l3'; valid losses: balanced_l1, ciou, diou, eiou, giou, iou, l1, l2, smooth_l1"),
     ("loss.args={alpha: 1}", "no parameter 'alpha'; its parameters: beta"),
+    ("loss.rpn_args={beta: 1}", "'loss.rpn_args' is set but 'loss.rpn_name' is not"),
+    ("loss.rpn_weight=2", "'loss.rpn_weight' is set but 'loss.rpn_name' is not"),
     ("model.weights=/nonexistent.pth", "file not found: /nonexistent.pth"),
     ("train.epochs", "must look like section.key=value"),
 ])

@@ -163,3 +163,11 @@ def test_registry_declares_spaces_and_published_weights():
     for name in ("iou", "giou", "diou", "ciou", "eiou"):
         assert build_loss(name).space == "boxes" and build_loss(name).default_weight == 10.0
     assert build_loss("smooth_l1").params == {"beta": pytest.approx(1 / 9)}  # defaults recorded
+
+
+def test_parameters_are_coerced_to_their_defaults_type():
+    # YAML 1.1 reads "1e-6" as a string; a loss must still get a number
+    assert build_loss("giou", {"eps": "1e-6"}).params == {"eps": 1e-6}
+    assert build_loss("smooth_l1", {"beta": 1}).params == {"beta": 1.0}
+    with pytest.raises(ValueError, match="parameter 'beta' must be a number, got 'wide'"):
+        build_loss("smooth_l1", {"beta": "wide"})

@@ -74,3 +74,17 @@ def test_training_requires_targets():
     model = build_model(config_lib.load(overrides=SMALL), num_classes=3)
     with pytest.raises(ValueError, match="targets are required"):
         model(batch()[0])
+
+
+def test_rpn_loss_has_its_own_parameters_and_weight():
+    cfg = config_lib.load(overrides=SMALL + ["loss.name=smooth_l1", "loss.args={beta: 0.5}", "loss.rpn_name=giou"])
+    model = build_model(cfg, num_classes=3)
+    assert model.roi_heads.regression_loss.params == {"beta": 0.5} and model.roi_heads.regression_weight == 1.0
+    assert model.rpn.regression_loss.name == "giou" and model.rpn.regression_weight == 10.0  # giou's default
+    cfg = config_lib.load(overrides=SMALL + ["loss.name=l1", "loss.weight=2", "loss.rpn_name=smooth_l1",
+                                             "loss.rpn_args={beta: 0.2}", "loss.rpn_weight=3"])
+    model = build_model(cfg, num_classes=3)
+    assert model.roi_heads.regression_weight == 2.0
+    assert model.rpn.regression_loss.params == {"beta": 0.2} and model.rpn.regression_weight == 3.0
+    shared = build_model(config_lib.load(overrides=SMALL + ["loss.name=l2", "loss.weight=4"]), num_classes=3)
+    assert shared.rpn.regression_loss.name == "l2" and shared.rpn.regression_weight == 4.0
