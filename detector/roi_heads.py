@@ -18,6 +18,11 @@ from detector.roi_align import roi_align
 from detector.targets import assign, sample_balanced
 
 
+# The separable RoIAlign materialises an (N, S*P, C*W) intermediate; above this many elements
+# (256 MB in fp32) torchvision's gather-based kernel is used instead. Both give equal values.
+SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = 64 * 2**20
+
+
 class RoIHeads(nn.Module):
     def __init__(self, *, in_channels: int, num_classes: int, spatial_scale: float, output_size: int,
                  sampling_ratio: int, representation_size: int, regression_loss: RegressionLoss,
@@ -86,8 +91,13 @@ class RoIHeads(nn.Module):
     def predict(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         """features (N, C, H, W), rois (N, S, 4) -> logits (N, S, K+1), deltas (N, S, K+1, 4)."""
         n, s = rois.shape[:2]
-        pooled = roi_align(features, rois, output_size=self.output_size, spatial_scale=self.spatial_scale,
-                           sampling_ratio=self.sampling_ratio, aligned=True)  # (N*S, C, P, P)
+        c, h, w = features.shape[1:]
+        if n * s * self.output_size * c * max(h, w) <= SEPARABLE_ROI_ALIGN_MAX_ELEMENTS:
+            pooled = roi_align(features, rois, output_size=self.output_size, spatial_scale=self.spatial_scale,
+                               sampling_ratio=self.sampling_ratio, aligned=True)  # (N*S, C, P, P)
+        else:  # large feature maps (COCO-sized inputs): the dense intermediate would not fit
+            pooled = torchvision.ops.roi_align(features, list(rois.detach()), self.output_size, self.spatial_scale,
+                                               self.sampling_ratio, aligned=True)
         hidden = self.box_head(pooled)
         logits = self.cls_score(hidden).view(n, s, -1)
         deltas = self.bbox_pred(hidden).view(n, s, -1, 4)

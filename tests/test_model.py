@@ -88,3 +88,15 @@ def test_rpn_loss_has_its_own_parameters_and_weight():
     assert model.rpn.regression_loss.params == {"beta": 0.2} and model.rpn.regression_weight == 3.0
     shared = build_model(config_lib.load(overrides=SMALL + ["loss.name=l2", "loss.weight=4"]), num_classes=3)
     assert shared.rpn.regression_loss.name == "l2" and shared.rpn.regression_weight == 4.0
+
+
+def test_large_feature_maps_fall_back_to_torchvision_roi_align(monkeypatch):
+    import detector.roi_heads as roi_heads
+
+    model = build_model(config_lib.load(overrides=SMALL), num_classes=3).eval()
+    features = torch.randn(2, 32, 8, 10)
+    rois = torch.tensor([[[0.0, 0.0, 30.0, 30.0]], [[10.0, 5.0, 60.0, 40.0]]])
+    separable = model.roi_heads.predict(features, rois)
+    monkeypatch.setattr(roi_heads, "SEPARABLE_ROI_ALIGN_MAX_ELEMENTS", 0)
+    fallback = model.roi_heads.predict(features, rois)
+    torch.testing.assert_close(separable, fallback)
