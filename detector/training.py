@@ -106,10 +106,20 @@ def train(cfg: Config) -> Path:
         module.gradient_log = GradientLog(run_dir / "gradients.csv")
     try:
         trainer.fit(module, datamodule=data)
+    except BaseException as exc:
+        # Never leave a run directory that says "running" (or worse) for a run that failed.
+        record.update({"status": "failed", "error": f"{type(exc).__name__}: {exc}", "steps": trainer.global_step})
+        atomic_write_json(metrics_path, record)
+        raise
     finally:
         if module.gradient_log is not None:
             module.gradient_log.close()
     trained = time.perf_counter()
+    if trainer.interrupted:  # Lightning turns Ctrl-C into a graceful stop: not a finished run
+        record.update({"status": "interrupted", "steps": trainer.global_step})
+        atomic_write_json(metrics_path, record)
+        log.warning("training interrupted at step %d; %s is marked interrupted", trainer.global_step, run_dir)
+        return run_dir
     best = trainer.checkpoint_callback
     if module.last_metrics_step != trainer.global_step:  # the final model was not validated yet
         # A logger-less trainer: Lightning's CSV logger would start metrics.csv afresh.

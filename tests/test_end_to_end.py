@@ -108,3 +108,18 @@ def test_gradient_statistics_recorded_for_both_heads(shapes_run):
     for row in rows:
         assert row["loss"] == "l2" and int(row["count"]) > 0
         assert 0 <= float(row["median"]) <= float(row["p99"]) <= float(row["max"])
+
+
+def test_a_failing_run_is_marked_failed(tmp_path, monkeypatch):
+    from detector.lit import DetectorModule
+
+    def broken_step(self, batch, batch_idx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(DetectorModule, "training_step", broken_step)
+    cfg = config_lib.load(overrides=TINY_SHAPES + [f"data.root={tmp_path / 'shapes'}", f"train.out_dir={tmp_path}",
+                                                   "train.run_name=broken"])
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    metrics = json.loads((tmp_path / "broken" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == "RuntimeError: boom"
