@@ -2,7 +2,7 @@
 
 Six classes that differ only by shape (colours are random per object): rectangle, ellipse,
 triangle, cross, ring and star. Each image holds 1-6 objects whose longer side is log-uniform
-between 8 px and half the image, on a cluttered background (smooth colour gradient, thin lines,
+between 10 px and half the image, on a cluttered background (smooth colour gradient, thin lines,
 blobs smaller than any object, Gaussian pixel noise).
 
 Every shape is drawn on its own binary mask at ``SUPERSAMPLE`` times the image resolution; the
