@@ -63,8 +63,9 @@ def test_training_writes_a_complete_run_directory(shapes_run):
 
 def test_evaluate_script_reproduces_the_training_metrics(shapes_run, tmp_path):
     # last.ckpt is the final model, whose validation metrics.json recorded.
-    result = run_script("scripts/evaluate.py", shapes_run / "checkpoints" / "last.ckpt", "--out", tmp_path,
-                        "--num-workers", "0")
+    # From the folder the run was made in: its configuration names the dataset relative to it.
+    result = run_script(REPO / "scripts" / "evaluate.py", shapes_run / "checkpoints" / "last.ckpt", "--out", tmp_path,
+                        "--num-workers", "0", cwd=shapes_run.parents[1])
     assert result.returncode == 0, result.stderr
     evaluated = json.loads((tmp_path / "metrics.json").read_text())["val"]
     trained = json.loads((shapes_run / "metrics.json").read_text())["val"]
