@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 from detector import config as config_lib
@@ -15,6 +14,7 @@ from detector.data import build_dataset, collate
 from detector.evaluation import format_metrics_table
 from detector.io import atomic_write_json
 from detector.lit import DetectorModule
+from detector.training import build_evaluator
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -48,9 +48,7 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path
     module.val_dataset = dataset
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False,
                                          num_workers=cfg.data.num_workers, collate_fn=collate)
-    trainer = pl.Trainer(accelerator=cfg.train.accelerator, devices=cfg.train.devices,
-                         precision=cfg.train.precision, logger=False, enable_progress_bar=cfg.train.progress,
-                         enable_model_summary=False)
+    trainer = build_evaluator(cfg)
     trainer.validate(module, dataloaders=loader, verbose=False)
     record = {
         "status": "completed",

@@ -74,6 +74,15 @@ def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) 
     )
 
 
+def build_evaluator(cfg: Config) -> pl.Trainer:
+    """A Trainer for validation only: no logger (Lightning's CSV logger would start
+    metrics.csv afresh) and no checkpointing."""
+    t = cfg.train
+    return pl.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                      precision=t.precision, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=t.progress, enable_model_summary=False)
+
+
 def train(cfg: Config) -> Path:
     """Train as configured; return the run directory (metrics.json says how it went)."""
     started = time.perf_counter()
@@ -122,12 +131,7 @@ def train(cfg: Config) -> Path:
         return run_dir
     best = trainer.checkpoint_callback
     if module.last_metrics_step != trainer.global_step:  # the final model was not validated yet
-        # A logger-less trainer: Lightning's CSV logger would start metrics.csv afresh.
-        evaluator = pl.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                               strategy=t.strategy, precision=t.precision, logger=False,
-                               enable_checkpointing=False, enable_progress_bar=t.progress,
-                               enable_model_summary=False)
-        evaluator.validate(module, datamodule=data, verbose=False)
+        build_evaluator(cfg).validate(module, datamodule=data, verbose=False)
         final_ap = module.last_metrics["stats"]["AP"]
         # ModelCheckpoint only acts on validations inside fit(); keep best.ckpt truthful.
         if best.best_model_score is None or final_ap > float(best.best_model_score):
