@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from detector.io import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A user error in the configuration: scripts print it and exit with status 2."""
@@ -42,6 +44,10 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 1
     skip_bad_images: bool = False
+    # Outlier labels: this fraction of the training boxes is displaced once, the same boxes for
+    # every loss and training seed (detector/data/noise.py). Validation stays clean.
+    train_box_noise: float = 0.0
+    train_box_noise_seed: int = 0
     # Generation of the bundled shapes dataset (ignored for coco / voc).
     shapes_image_size: int = 128
     shapes_num_train: int = 1500
@@ -185,7 +191,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _sections() -> dict[str, type]:
@@ -273,6 +279,7 @@ def validate(cfg: Config) -> None:
     d, m, t = cfg.data, cfg.model, cfg.train
     check(d.batch_size >= 1, "data.batch_size", ">= 1")
     check(d.num_workers >= 0, "data.num_workers", ">= 0")
+    check(0 <= d.train_box_noise <= 1, "data.train_box_noise", "a fraction in [0, 1]")
     check(d.shapes_image_size >= 32, "data.shapes_image_size", ">= 32")
     check(d.shapes_num_train >= 1, "data.shapes_num_train", ">= 1")
     check(d.shapes_num_val >= 1, "data.shapes_num_val", ">= 1")

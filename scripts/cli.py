@@ -28,6 +28,8 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
     "--data-root": ("data.root", "dataset folder (see README: Datasets)", {}),
     "--train-split": ("data.train_split", "training split name", {}),
     "--val-split": ("data.val_split", "validation split name", {}),
+    "--train-box-noise": ("data.train_box_noise", "fraction of training boxes displaced as outlier labels",
+                          {"type": float}),
     "--batch-size": ("data.batch_size", "images per batch (per device)", {"type": int}),
     "--num-workers": ("data.num_workers", "DataLoader worker processes", {"type": int}),
     "--backbone": ("model.backbone", "resnet18, resnet34 or resnet50", {}),

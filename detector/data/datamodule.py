@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from detector.config import DataConfig
 from detector.data.coco import CocoDetection, DetectionDataset
+from detector.data.noise import corrupt_boxes
 from detector.data.shapes import ensure_shapes
 from detector.data.transforms import DetectionTransform
 from detector.data.voc import VocDetection
@@ -39,12 +40,16 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
     if cfg.name == "shapes":
         ensure_shapes(cfg.root, image_size=cfg.shapes_image_size, num_train=cfg.shapes_num_train,
                       num_val=cfg.shapes_num_val, seed=cfg.shapes_seed)
-        return CocoDetection(cfg.root, split, **options)
-    if cfg.name == "coco":
-        return CocoDetection(cfg.root, split, **options)
-    if cfg.name == "voc":
-        return VocDetection(cfg.root, split, **options)
-    raise ValueError(f"unknown dataset '{cfg.name}'; valid names: shapes, coco, voc")
+        dataset = CocoDetection(cfg.root, split, **options)
+    elif cfg.name == "coco":
+        dataset = CocoDetection(cfg.root, split, **options)
+    elif cfg.name == "voc":
+        dataset = VocDetection(cfg.root, split, **options)
+    else:
+        raise ValueError(f"unknown dataset '{cfg.name}'; valid names: shapes, coco, voc")
+    if train and cfg.train_box_noise > 0:
+        dataset.records, _ = corrupt_boxes(dataset.records, cfg.train_box_noise, cfg.train_box_noise_seed)
+    return dataset
 
 
 def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[list[Tensor], list[dict[str, Any]]]:
