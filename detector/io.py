@@ -15,6 +15,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary shared file
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

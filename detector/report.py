@@ -1,7 +1,13 @@
-"""Reports: a pure function of run directories -> tables and plots.
+"""Reports: a pure function of run directories -> tables, intervals and plots.
 
 Runs made on a laptop, a GPU box or a cluster can be compared in one table, because
-everything needed is in each run directory (metrics.json, config.yaml, gradients.csv).
+everything needed is in each run directory (metrics.json, config.yaml, metrics.csv,
+gradients.csv, detections_val.json).
+
+Runs are grouped by condition: the box-head loss with its parameters, and the box-noise
+level. Seeds are the repetitions of a condition. Each condition is compared with the baseline
+loss at the same noise level, paired by seed: the interval is the 95% Student-t interval of the
+per-seed differences, so seed-to-seed variation that both losses share cancels out.
 """
 
 from __future__ import annotations
@@ -9,19 +15,28 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import mean, stdev
 from typing import Any
 
-import matplotlib
+from scipy import stats as scipy_stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from detector.io import atomic_write_json, atomic_write_text
+from detector.plots import (
+    plot_ap_vs_iou,
+    plot_ap_vs_noise,
+    plot_examples,
+    plot_gradient_groups,
+    plot_training_curves,
+)
 
-from detector.io import atomic_write_json, atomic_write_text  # noqa: E402
-from detector.plots import plot_gradient_statistics, read_gradient_rows, save_figure  # noqa: E402
-
-COLUMNS = ("run", "loss", "status", "steps", "AP", "AP50", "AP75", "AP90", "AP_small", "AP_medium", "AP_large",
-           "train_s", "total_s")
+METRICS = ("AP", "AP50", "AP75", "AP90", "AP_small", "AP_medium", "AP_large")
+RUN_COLUMNS = ("run", "loss", "seed", "noise", "status", "steps", *METRICS, "VOC_AP50", "train_s")
+DIFFERENCE_METRICS = ("AP", "AP90")  # the baseline comparison: overall AP and tight localisation
+GRADIENT_WINDOW = 5  # logged steps averaged at the start and at the end of training
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -34,106 +49,268 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    config = metrics.get("config") or {}
     loss = metrics.get("loss", {}).get("box_head", {})
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in loss.get("params", {}).items())
-    row: dict[str, Any] = {
-        "run": run_dir.name,
-        "loss": loss.get("name", "?") + (f" ({params})" if params else ""),
-        "status": metrics.get("status", "unknown"),
-        "steps": metrics.get("steps"),
-        "train_s": metrics.get("timings", {}).get("train_s"),
-        "total_s": metrics.get("timings", {}).get("total_s"),
-        "ap_per_iou": {},
-    }
     val = metrics.get("val") or {}
     stats = val.get("stats", {})
-    for key in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"):
+    row: dict[str, Any] = {
+        "run": run_dir.name,
+        "loss_name": loss.get("name") or config.get("loss", {}).get("name", "?"),
+        "loss": (loss.get("name") or config.get("loss", {}).get("name", "?")) + (f" ({params})" if params else ""),
+        "seed": config.get("train", {}).get("seed"),
+        "noise": float(config.get("data", {}).get("train_box_noise", 0.0)),
+        "dataset": config.get("data", {}).get("name"),
+        "status": metrics.get("status", "unknown"),
+        "steps": metrics.get("steps"),
+        "diverged_at_step": metrics.get("diverged_at_step"),
+        "train_s": metrics.get("timings", {}).get("train_s"),
+        "total_s": metrics.get("timings", {}).get("total_s"),
+        "ap_per_iou": val.get("ap_per_iou", {}),
+        "VOC_AP50": val.get("voc_ap50"),
+        "path": str(run_dir),
+    }
+    for key in METRICS:
         row[key] = stats.get(key)
-    row["ap_per_iou"] = val.get("ap_per_iou", {})
     row["AP90"] = row["ap_per_iou"].get("0.90")
-    row["path"] = str(run_dir)
     return row
 
 
-def _cell(value: Any) -> str:
+@dataclass
+class Condition:
+    """Every seed of one loss (with its parameters) at one box-noise level."""
+
+    loss: str
+    loss_name: str
+    noise: float
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def completed(self) -> list[dict[str, Any]]:
+        return [r for r in self.runs if r["status"] == "completed"]
+
+    @property
+    def label(self) -> str:
+        return self.loss if self.noise == 0 else f"{self.loss}, noise {self.noise:g}"
+
+    def values(self, metric: str) -> dict[int, float]:
+        """seed -> metric over the completed runs that report it (n/a, i.e. -1, left out)."""
+        return {r["seed"]: r[metric] for r in self.completed if r.get(metric) is not None and r[metric] >= 0}
+
+
+def group_runs(rows: list[dict[str, Any]]) -> list[Condition]:
+    """Conditions in order of first appearance, noise levels ascending."""
+    groups: dict[tuple[str, float], Condition] = {}
+    for row in rows:
+        key = (row["loss"], row["noise"])
+        groups.setdefault(key, Condition(row["loss"], row["loss_name"], row["noise"])).runs.append(row)
+    order = {key: i for i, key in enumerate(groups)}
+    return sorted(groups.values(), key=lambda c: (c.noise, order[(c.loss, c.noise)]))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(condition - baseline) over paired seeds and its 95% interval (None with one pair)."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    pairs: int
+
+
+def paired_difference(values: dict[int, float], baseline: dict[int, float], confidence: float = 0.95) -> Difference | None:
+    """Student-t interval of the per-seed differences; None when no seed is in both."""
+    seeds = sorted(set(values) & set(baseline))
+    if not seeds:
+        return None
+    diffs = [values[s] - baseline[s] for s in seeds]
+    centre = mean(diffs)
+    if len(diffs) < 2:
+        return Difference(centre, None, None, 1)
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * stdev(diffs) / math.sqrt(len(diffs))
+    return Difference(centre, centre - half, centre + half, len(diffs))
+
+
+def summarise(conditions: list[Condition], baseline: str) -> list[dict[str, Any]]:
+    """One summary row per condition: mean and std over seeds, the paired difference to the
+    baseline loss at the same noise level, mean training time, and the status of every run."""
+    rows = []
+    for condition in conditions:
+        base = next((c for c in conditions if c.loss_name == baseline and c.noise == condition.noise), None)
+        row: dict[str, Any] = {"condition": condition.label, "loss": condition.loss, "noise": condition.noise,
+                               "runs": len(condition.runs), "completed": len(condition.completed),
+                               "statuses": _status_summary(condition.runs)}
+        for metric in METRICS + ("VOC_AP50",):
+            values = list(condition.values(metric).values())
+            row[f"{metric}_mean"] = mean(values) if values else None
+            row[f"{metric}_std"] = stdev(values) if len(values) > 1 else None
+        for metric in DIFFERENCE_METRICS:
+            difference = None if base is None or base is condition else paired_difference(
+                condition.values(metric), base.values(metric))
+            row[f"d{metric}"] = difference
+        times = [r["train_s"] for r in condition.completed if r.get("train_s") is not None]
+        row["train_s_mean"] = mean(times) if times else None
+        rows.append(row)
+    return rows
+
+
+def _status_summary(runs: list[dict[str, Any]]) -> str:
+    parts = []
+    for run in runs:
+        if run["status"] == "diverged":
+            parts.append(f"seed {run['seed']} diverged at step {run['diverged_at_step']}")
+        elif run["status"] != "completed":
+            parts.append(f"seed {run['seed']} {run['status']}")
+    return "; ".join(parts) or "all completed"
+
+
+def _number(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return "n/a" if value < 0 else f"{value:.3f}" if value <= 1 else f"{value:.0f}"
+        return "n/a" if value < 0 else f"{value:.{digits}f}"
     return str(value)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |")
+def _mean_std(row: dict[str, Any], metric: str) -> str:
+    centre, spread = row[f"{metric}_mean"], row[f"{metric}_std"]
+    if centre is None:
+        return "-"
+    return f"{centre:.3f}" + (f" ± {spread:.3f}" if spread is not None else "")
+
+
+def _difference(difference: Difference | None) -> str:
+    if difference is None:
+        return "-"
+    if difference.low is None:
+        return f"{difference.mean:+.3f} (1 seed, no interval)"
+    return f"{difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}]"
+
+
+def summary_table(summary: list[dict[str, Any]], baseline: str, with_voc: bool) -> str:
+    metrics = list(METRICS) + (["VOC_AP50"] if with_voc else [])
+    header = ["condition", "seeds", *metrics, *[f"Δ{m} vs {baseline} [95% CI]" for m in DIFFERENCE_METRICS],
+              "train min", "runs"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary:
+        cells = [row["condition"], f"{row['completed']}/{row['runs']}", *[_mean_std(row, m) for m in metrics],
+                 *[_difference(row[f"d{m}"]) for m in DIFFERENCE_METRICS],
+                 _number(row["train_s_mean"] / 60 if row["train_s_mean"] is not None else None, 1), row["statuses"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-GRADIENT_WINDOW = 5  # logged steps averaged at the start and at the end of training
+def run_table(rows: list[dict[str, Any]], with_voc: bool) -> str:
+    columns = [c for c in RUN_COLUMNS if with_voc or c != "VOC_AP50"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            if column == "status" and value == "diverged":
+                value = f"diverged at step {row['diverged_at_step']}"
+            elif column == "noise":
+                value = f"{value:g}"
+            elif column == "train_s":
+                value = _number(value, 0)
+            cells.append(_number(value) if column not in ("status", "noise", "train_s") else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def gradient_summary(runs: dict[str, Path]) -> str:
-    """Markdown table: |dl/dx| statistics averaged over the first and the last
-    ``GRADIENT_WINDOW`` logged steps of each run, box head and RPN."""
-    header = ("| run | head | steps | median | p99 | max | at bound | steps | median | p99 | max | at bound |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [header]
-    for name, run_dir in runs.items():
-        rows = read_gradient_rows(run_dir)
+def gradient_summary(conditions: list[Condition]) -> str:
+    """Markdown table: |dl/dx| statistics of each condition's first completed seed, averaged
+    over the first and the last ``GRADIENT_WINDOW`` logged steps, box head and RPN."""
+    lines = ["| condition | head | steps | median | p99 | max | at bound | steps | median | p99 | max | at bound |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for condition in conditions:
+        run = next((r for r in condition.runs if (Path(r["path"]) / "gradients.csv").is_file()), None)
+        if run is None:
+            continue
+        rows = _read_csv(Path(run["path"]) / "gradients.csv")
         for head in ("box_head", "rpn"):
             mine = [r for r in rows if r["head"] == head]
             if not mine:
                 continue
             cells = []
             for window in (mine[:GRADIENT_WINDOW], mine[-GRADIENT_WINDOW:]):
-                mean = {k: sum(float(r[k]) for r in window) / len(window)
-                        for k in ("median", "p99", "max", "fraction_at_bound")}
-                bound = "-" if mean["fraction_at_bound"] != mean["fraction_at_bound"] else f"{mean['fraction_at_bound']:.2f}"
-                cells += [f"{window[0]['step']}-{window[-1]['step']}", f"{mean['median']:.3f}", f"{mean['p99']:.3f}",
-                          f"{mean['max']:.3f}", bound]
-            lines.append(f"| {name} | {head} | " + " | ".join(cells) + " |")
+                avg = {k: mean(float(r[k]) for r in window) for k in ("median", "p99", "max", "fraction_at_bound")}
+                bound = "-" if math.isnan(avg["fraction_at_bound"]) else f"{avg['fraction_at_bound']:.2f}"
+                cells += [f"{window[0]['step']}-{window[-1]['step']}", f"{avg['median']:.3f}", f"{avg['p99']:.3f}",
+                          f"{avg['max']:.3f}", bound]
+            lines.append(f"| {condition.label} (seed {run['seed']}) | {head} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_ap_vs_iou(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        if row["ap_per_iou"]:
-            thresholds = [float(t) for t in row["ap_per_iou"]]
-            ax.plot(thresholds, list(row["ap_per_iou"].values()), marker="o", label=f"{row['run']}: {row['loss']}")
-    ax.set(xlabel="IoU threshold", ylabel="AP", title="AP against IoU threshold", ylim=(0, 1))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str) -> Path:
-    """report.md (table + plots), results.csv and results.json in ``out_dir``."""
+def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, baseline: str = "smooth_l1") -> Path:
+    """report.md (tables and plots), results.csv (one row per run) and results.json in ``out_dir``."""
     out_dir = Path(out_dir)
     rows = [load_run(d) for d in run_dirs]
-    plot_ap_vs_iou(rows, out_dir / "ap_vs_iou.png")
-    with_gradients = {r["run"]: Path(r["path"]) for r in rows if (Path(r["path"]) / "gradients.csv").is_file()}
+    conditions = group_runs(rows)
+    summary = summarise(conditions, baseline)
+    with_voc = any(r["VOC_AP50"] is not None for r in rows)
+    seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
     sections = [
         "# Regression-loss comparison",
-        f"Made by `{command}` from the run directories below.",
-        markdown_table(rows),
+        f"Made by `{command}` from {len(rows)} run directories (seeds {', '.join(map(str, seeds))}).",
+        "## Summary",
+        f"Mean ± standard deviation over the completed seeds of each condition. Δ: mean of the per-seed "
+        f"differences to {baseline} at the same noise level, with its 95% Student-t interval (paired by seed); "
+        "an interval that contains 0 means the seeds cannot tell the two losses apart. AP90: AP at IoU 0.9.",
+        summary_table(summary, baseline, with_voc),
         "## AP against IoU threshold",
         "![AP against IoU threshold](ap_vs_iou.png)",
     ]
-    if with_gradients:
-        plot_gradient_statistics(with_gradients, out_dir / "gradients.png")
+    plot_ap_vs_iou(conditions, out_dir / "ap_vs_iou.png")
+    if len({c.noise for c in conditions}) > 1:
+        plot_ap_vs_noise(conditions, out_dir / "ap_vs_noise.png")
+        sections += ["## AP against box noise",
+                     "Training boxes displaced as outlier labels (`--train-box-noise`); validation is clean.",
+                     "![AP against box noise](ap_vs_noise.png)"]
+    if plot_training_curves(conditions, out_dir / "training.png"):
+        sections += ["## Training", "Training losses (smoothed) and validation AP during training, mean over seeds.",
+                     "![training curves](training.png)"]
+    if plot_gradient_groups(conditions, out_dir / "gradients.png"):
         sections += ["## Regression gradients during training",
-                     "|dl/dx| of the foreground regression outputs (median solid, p99 dashed) and the "
-                     "fraction of outputs at the loss's gradient bound.",
+                     "|dl/dx| of the foreground regression outputs (median solid, p99 dashed; mean over seeds) "
+                     "and the fraction of outputs at the loss's gradient bound.",
                      "![gradient statistics](gradients.png)",
-                     f"Averaged over the first and the last {GRADIENT_WINDOW} logged steps:",
-                     gradient_summary(with_gradients)]
+                     f"First seed of each condition, averaged over the first and the last {GRADIENT_WINDOW} "
+                     "logged steps:",
+                     gradient_summary(conditions)]
+    examples = plot_examples(conditions, out_dir / "examples.jpg")
+    if examples:
+        sections += ["## Example validation images",
+                     f"Ground truth (green) and each condition's detections with score ≥ 0.5 (first seed): {examples}.",
+                     "![example detections](examples.jpg)"]
+    sections += ["## Every run", run_table(rows, with_voc)]
     atomic_write_text(out_dir / "report.md", "\n\n".join(sections) + "\n")
+
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=list(RUN_COLUMNS) + ["diverged_at_step", "total_s", "path"],
+                            extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out_dir / "results.csv", buffer.getvalue())
-    atomic_write_json(out_dir / "results.json", [{k: v for k, v in r.items() if k != "path"} for r in rows])
+    atomic_write_json(out_dir / "results.json", {
+        "command": command,
+        "baseline": baseline,
+        "summary": [_jsonable(row) for row in summary],
+        "runs": [{k: v for k, v in r.items() if k != "path"} for r in rows],
+    })
     return out_dir / "report.md"
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, Difference):
+            out[key] = {"mean": value.mean, "low": value.low, "high": value.high, "pairs": value.pairs}
+        else:
+            out[key] = value
+    return out

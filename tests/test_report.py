@@ -1,37 +1,102 @@
+"""The comparison report: numbers equal the run directories, intervals, diverged runs."""
+
 import csv
 import json
 
 import pytest
 
-from detector.report import load_run, markdown_table, write_report
+from detector.report import Condition, group_runs, load_run, paired_difference, run_table, summarise, write_report
 
 
-def make_run(root, name, loss, ap, status="completed"):
+def make_run(root, name, loss, ap, *, seed=0, noise=0.0, status="completed", diverged_at_step=None, train_s=480.0):
+    """A run directory as training writes it (metrics.json only; AP at IoU t = ap + 0.5 - t)."""
     run = root / name
     run.mkdir()
     ap_per_iou = {f"{t / 100:.2f}": round(ap + (0.5 - t / 100), 3) for t in range(50, 100, 5)}
-    metrics = {"status": status, "steps": 940,
-               "loss": {"box_head": {"name": loss, "space": "deltas", "params": {"beta": 1 / 9} if loss == "smooth_l1" else {}, "weight": 1.0}},
-               "val": {"stats": {"AP": ap, "AP50": 0.9, "AP75": 0.8, "AP_small": 0.7, "AP_medium": 0.85, "AP_large": -1.0},
-                       "ap_per_iou": ap_per_iou},
-               "timings": {"train_s": 480.0, "total_s": 520.5}}
+    metrics = {"status": status, "steps": 940 if status == "completed" else diverged_at_step,
+               "config": {"train": {"seed": seed}, "data": {"name": "shapes", "train_box_noise": noise},
+                          "loss": {"name": loss}},
+               "loss": {"box_head": {"name": loss, "space": "deltas",
+                                     "params": {"beta": 1 / 9} if loss == "smooth_l1" else {}, "weight": 1.0}},
+               "timings": {"train_s": train_s, "total_s": train_s + 40.5}}
+    if status == "completed":
+        metrics["val"] = {"stats": {"AP": ap, "AP50": 0.9, "AP75": 0.8, "AP_small": 0.7, "AP_medium": 0.85,
+                                    "AP_large": -1.0}, "ap_per_iou": ap_per_iou}
+    if diverged_at_step is not None:
+        metrics["diverged_at_step"] = diverged_at_step
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
 
+def test_paired_difference_hand_worked():
+    # differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, se 0.01 / sqrt(3) = 0.0057735,
+    # t(0.975, df=2) = 4.302653 -> half width 0.0248414
+    diff = paired_difference({0: 0.71, 1: 0.72, 2: 0.73, 5: 0.9}, {0: 0.70, 1: 0.70, 2: 0.70})
+    assert diff.pairs == 3  # seed 5 has no baseline partner and does not count
+    assert diff.mean == pytest.approx(0.02)
+    assert diff.low == pytest.approx(0.02 - 0.0248414, abs=1e-6)
+    assert diff.high == pytest.approx(0.02 + 0.0248414, abs=1e-6)
+    one = paired_difference({0: 0.75}, {0: 0.70})
+    assert one.mean == pytest.approx(0.05) and one.low is None and one.pairs == 1
+    assert paired_difference({1: 0.7}, {0: 0.7}) is None
+
+
+def test_pairing_removes_shared_seed_variation():
+    # Seeds differ by 0.1 between each other, but the loss is better by exactly 0.01 on each:
+    # the paired interval is a point, although each loss's own std is large.
+    diff = paired_difference({0: 0.61, 1: 0.71, 2: 0.81}, {0: 0.60, 1: 0.70, 2: 0.80})
+    assert diff.low == pytest.approx(0.01) and diff.high == pytest.approx(0.01)
+
+
 def test_report_numbers_equal_the_run_directories(tmp_path):
-    runs = [make_run(tmp_path, "a", "l1", 0.71), make_run(tmp_path, "b", "smooth_l1", 0.76)]
-    report = write_report(runs, tmp_path / "report", "python scripts/report.py a b --out report")
-    text = report.read_text()
-    assert "| a | l1 | completed | 940 | 0.710 | 0.900 | 0.800 | 0.310 | 0.700 | 0.850 | n/a | 480 | 520 |" in text
-    assert "| b | smooth_l1 (beta=0.1111) |" in text
-    assert "python scripts/report.py a b --out report" in text
+    runs = [make_run(tmp_path, f"{loss}-seed{s}", loss, ap, seed=s, train_s=400.0 + 60 * s)
+            for loss, aps in (("l1", (0.71, 0.72, 0.75)), ("smooth_l1", (0.70, 0.70, 0.70)))
+            for s, ap in enumerate(aps)]
+    report = write_report(runs, tmp_path / "report", "python scripts/compare.py --runs ...").read_text()
+    # l1: mean (0.71 + 0.72 + 0.75) / 3 = 0.726667, std 0.020817; differences 0.01, 0.02, 0.05:
+    # mean 0.026667, sd 0.020817, half width 4.302653 * 0.020817 / sqrt(3) = 0.051713
+    assert "| l1 | 3/3 | 0.727 ± 0.021 | 0.900 ± 0.000 |" in report
+    assert "+0.027 [-0.025, +0.078]" in report
+    # AP90 = AP - 0.4 per run, so its difference equals the AP difference
+    assert report.count("+0.027 [-0.025, +0.078]") == 2
+    assert "| smooth_l1 (beta=0.1111) | 3/3 | 0.700 ± 0.000 |" in report
+    assert "| 7.7 | all completed |" in report  # train time (400 + 460 + 520) / 3 s = 7.67 min
+    assert "python scripts/compare.py --runs ..." in report
     rows = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
-    assert [float(r["AP"]) for r in rows] == [0.71, 0.76]
-    assert float(rows[1]["AP90"]) == pytest.approx(0.76 - 0.4)
+    assert [float(r["AP"]) for r in rows] == [0.71, 0.72, 0.75, 0.70, 0.70, 0.70]
+    assert [int(r["seed"]) for r in rows] == [0, 1, 2, 0, 1, 2]
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert results[0]["ap_per_iou"]["0.50"] == 0.71
+    assert results["summary"][0]["AP_mean"] == pytest.approx(0.726667, abs=1e-6)
+    assert results["summary"][0]["dAP"]["low"] == pytest.approx(0.026667 - 0.051713, abs=1e-5)
+    assert results["runs"][2]["ap_per_iou"]["0.90"] == pytest.approx(0.35)
     assert (tmp_path / "report" / "ap_vs_iou.png").stat().st_size > 1000
+
+
+def test_diverged_run_is_shown_not_dropped(tmp_path):
+    runs = [make_run(tmp_path, "l2-seed0", "l2", 0.6, seed=0),
+            make_run(tmp_path, "l2-seed1", "l2", 0.0, seed=1, status="diverged", diverged_at_step=37),
+            make_run(tmp_path, "smooth_l1-seed0", "smooth_l1", 0.7, seed=0),
+            make_run(tmp_path, "smooth_l1-seed1", "smooth_l1", 0.7, seed=1)]
+    report = write_report(runs, tmp_path / "out", "cmd").read_text()
+    assert "| l2 | 1/2 | 0.600 |" in report  # the mean is over the completed seed only ...
+    assert "seed 1 diverged at step 37" in report  # ... and the summary says why
+    assert "| l2-seed1 | l2 | 1 | 0 | diverged at step 37 | 37 |" in report
+    assert "-0.100 (1 seed, no interval)" in report  # paired on seed 0 only
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert rows[1]["status"] == "diverged" and rows[1]["diverged_at_step"] == "37"
+
+
+def test_noise_levels_are_separate_conditions_with_their_own_baseline(tmp_path):
+    runs = [make_run(tmp_path, "l2-seed0", "l2", 0.70), make_run(tmp_path, "smooth_l1-seed0", "smooth_l1", 0.72),
+            make_run(tmp_path, "l2-noise0.4-seed0", "l2", 0.50, noise=0.4),
+            make_run(tmp_path, "smooth_l1-noise0.4-seed0", "smooth_l1", 0.65, noise=0.4)]
+    summary = summarise(group_runs([load_run(r) for r in runs]), baseline="smooth_l1")
+    assert [r["condition"] for r in summary] == ["l2", "smooth_l1 (beta=0.1111)", "l2, noise 0.4",
+                                                 "smooth_l1 (beta=0.1111), noise 0.4"]
+    assert summary[0]["dAP"].mean == pytest.approx(-0.02)
+    assert summary[2]["dAP"].mean == pytest.approx(-0.15)
+    write_report(runs, tmp_path / "out", "cmd")
+    assert (tmp_path / "out" / "ap_vs_noise.png").stat().st_size > 1000
 
 
 def test_unfinished_run_shows_its_status(tmp_path):
@@ -40,7 +105,9 @@ def test_unfinished_run_shows_its_status(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"status": "running"}))
     row = load_run(run)
     assert row["status"] == "running" and row["AP"] is None
-    assert "| r | ? | running | - | - |" in markdown_table([row])
+    assert "| r | ? | - | 0 | running | - | - |" in run_table([row], with_voc=False)
+    condition = Condition("?", "?", 0.0, [row])
+    assert summarise([condition], "smooth_l1")[0]["statuses"] == "seed None running"
 
 
 def test_missing_or_corrupt_run_directory_is_named(tmp_path):
@@ -52,14 +119,11 @@ def test_missing_or_corrupt_run_directory_is_named(tmp_path):
 
 
 def test_gradient_summary_averages_first_and_last_windows(tmp_path):
-    from detector.report import gradient_summary
-
     run = make_run(tmp_path, "g", "l1", 0.7)
     lines = ["step,head,loss,count,mean,median,p90,p99,max,fraction_at_bound"]
     for step in range(0, 100, 10):  # medians 0.5..9.5 -> first five average 2.5, last five 7.5
         lines.append(f"{step},box_head,l1,10,1,{step / 10 + 0.5},1,1,1,1.0")
     (run / "gradients.csv").write_text("\n".join(lines) + "\n")
-    table = gradient_summary({"g": run})
-    assert "| g | box_head | 0-40 | 2.500 | 1.000 | 1.000 | 1.00 | 50-90 | 7.500 | 1.000 | 1.000 | 1.00 |" in table
     report = write_report([run], tmp_path / "out", "cmd").read_text()
+    assert "| l1 (seed 0) | box_head | 0-40 | 2.500 | 1.000 | 1.000 | 1.00 | 50-90 | 7.500 | 1.000 | 1.000 | 1.00 |" in report
     assert "![gradient statistics](gradients.png)" in report and (tmp_path / "out" / "gradients.png").is_file()

@@ -1,0 +1,191 @@
+"""The comparison matrix: losses x seeds x box-noise levels, one run directory per cell.
+
+``scripts/compare.py`` plans the matrix here, trains the cells that have no finished run and
+then writes the report (:mod:`detector.report`). A cell is finished when its run directory's
+metrics.json says ``completed`` or ``diverged`` (a diverged run would diverge again: it is a
+result, not a failure to retry). Cells that are missing, running, interrupted or failed are
+trained (again), so an interrupted matrix continues where it stopped. A finished run made with a
+different configuration is never silently reused: the cell is rejected, naming the option.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detector import config as config_lib
+from detector.config import Config, ConfigError
+
+FINISHED = ("completed", "diverged")
+# Options that name or display a run but do not change what it computes.
+IGNORED_IN_MATCH = ("train.run_name", "train.out_dir", "train.progress", "train.threads")
+
+
+@dataclass(frozen=True)
+class Cell:
+    loss: str
+    seed: int
+    noise: float
+
+    @property
+    def name(self) -> str:
+        """Run directory name, e.g. ``l2-seed1`` or ``l2-noise0.2-seed1``."""
+        loss = self.loss.replace(":", ".")
+        return f"{loss}-seed{self.seed}" if self.noise == 0 else f"{loss}-noise{self.noise:g}-seed{self.seed}"
+
+
+def plan(losses: list[str], seeds: list[int], noise_levels: list[float]) -> list[Cell]:
+    """Cells in the order they are trained: noise level, then seed, then loss, so that an
+    unfinished matrix already holds every loss at the first seeds."""
+    if not losses or not seeds or not noise_levels:
+        raise ConfigError("compare needs at least one loss, one seed and one noise level")
+    return [Cell(loss, seed, noise) for noise in noise_levels for seed in seeds for loss in losses]
+
+
+def cell_config(base: Config, cell: Cell, runs_dir: str | Path) -> Config:
+    """``base`` with the cell's loss, seed and noise level and its run directory."""
+    raw = config_lib.to_dict(base)
+    if cell.loss != raw["loss"]["name"]:
+        # Parameters and weights belong to a loss (smooth_l1's beta means nothing to giou).
+        raw["loss"].update(name=cell.loss, args={}, weight=None)
+    raw["train"].update(seed=cell.seed, run_name=cell.name, out_dir=str(runs_dir))
+    raw["data"]["train_box_noise"] = cell.noise
+    cfg = config_lib.from_dict(raw)
+    config_lib.validate(cfg)
+    return cfg
+
+
+def run_status(run_dir: str | Path) -> str:
+    """``missing`` when there is no metrics.json, else its status (``unknown`` if unreadable)."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return "missing"
+    try:
+        return json.loads(path.read_text()).get("status", "unknown")
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return "unknown"
+
+
+def config_differences(wanted: Config, run_dir: str | Path) -> list[str]:
+    """Options whose values differ between ``wanted`` and the run's config.yaml, as
+    ``key: run value != wanted value``; options in IGNORED_IN_MATCH do not count."""
+    found = config_lib.load(Path(run_dir) / "config.yaml")
+    differences = []
+    for key, value in _flatten(config_lib.to_dict(wanted)).items():
+        if key in IGNORED_IN_MATCH:
+            continue
+        theirs = _flatten(config_lib.to_dict(found)).get(key)
+        if theirs != value:
+            differences.append(f"{key}: {theirs!r} != {value!r}")
+    return differences
+
+
+def check_reusable(cfg: Config, run_dir: Path) -> None:
+    """Raise ConfigError when a finished run in ``run_dir`` was made with another configuration."""
+    differences = config_differences(cfg, run_dir)
+    if differences:
+        raise ConfigError(
+            f"{run_dir} holds a finished run made with a different configuration "
+            f"({'; '.join(differences[:3])}); remove it or choose another --runs-dir"
+        )
+
+
+def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
+
+
+def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int | None,
+                 train_command: list[str]) -> list[Path]:
+    """Train every unfinished cell, ``train_command + [config.yaml]`` in a process of its own;
+    return all cells' run directories in matrix order."""
+    configs = {cell: cell_config(base, cell, runs_dir) for cell in cells}
+    todo = []
+    for cell in cells:
+        run_dir = runs_dir / cell.name
+        if run_status(run_dir) in FINISHED:
+            check_reusable(configs[cell], run_dir)
+        else:
+            todo.append(cell)
+    gpus = torch.cuda.device_count()
+    jobs = jobs or max(1, gpus)
+    progress = MatrixProgress(cells, runs_dir, todo)
+    progress.show()
+    free_gpus = list(range(gpus))
+    lock = threading.Lock()
+
+    def run(cell: Cell) -> None:
+        with lock:
+            gpu = free_gpus.pop(0) if free_gpus else None
+            progress.started(cell)
+        try:
+            train_cell(configs[cell], runs_dir / cell.name, train_command, gpu=gpu, quiet=jobs > 1)
+        finally:
+            with lock:
+                if gpu is not None:
+                    free_gpus.append(gpu)
+                progress.finished(cell)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(run, cell) for cell in todo]:
+            future.result()
+    return [runs_dir / cell.name for cell in cells]
+
+
+def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int | None, quiet: bool) -> None:
+    """One training process for the cell. A failed or diverged run is recorded in
+    its run directory (and shown in the report), so it does not stop the matrix."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    if quiet:  # parallel runs: each run's output goes to its own log instead of the terminal
+        cfg.train.progress = False
+    config_lib.save(cfg, config_path)
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    command = [*train_command, str(config_path)]
+    if quiet:
+        with open(run_dir / "train.log", "w") as log:
+            subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    else:
+        subprocess.run(command, env=env, check=False)
+
+
+class MatrixProgress:
+    """One line per started or finished run: where the matrix stands and roughly how long is left."""
+
+    def __init__(self, cells: list[Cell], runs_dir: Path, todo: list[Cell]):
+        self.cells, self.runs_dir, self.todo = cells, runs_dir, todo
+        self.started_at: dict[Cell, float] = {}
+        self.durations: list[float] = []
+        self.begin = time.perf_counter()
+
+    def show(self) -> None:
+        done = len(self.cells) - len(self.todo)
+        print(f"matrix: {len(self.cells)} runs in {self.runs_dir}; {done} finished, {len(self.todo)} to train",
+              flush=True)
+
+    def started(self, cell: Cell) -> None:
+        self.started_at[cell] = time.perf_counter()
+        index = self.todo.index(cell) + 1
+        print(f"[{index}/{len(self.todo)}] training {cell.name}{self._eta()}", flush=True)
+
+    def finished(self, cell: Cell) -> None:
+        self.durations.append(time.perf_counter() - self.started_at[cell])
+        print(f"[{len(self.durations)}/{len(self.todo)} done] {cell.name}: {run_status(self.runs_dir / cell.name)} "
+              f"in {self.durations[-1]:.0f} s{self._eta()}", flush=True)
+
+    def _eta(self) -> str:
+        if not self.durations:
+            return ""
+        left = len(self.todo) - len(self.durations)
+        mean = sum(self.durations) / len(self.durations)
+        return f"; elapsed {(time.perf_counter() - self.begin) / 60:.0f} min, about {left * mean / 60:.0f} min left"

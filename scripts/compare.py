@@ -1,0 +1,62 @@
+"""Train a losses x seeds (x box-noise) matrix and write the comparison report.
+
+    python scripts/compare.py --losses l1 l2 smooth_l1 balanced_l1 giou --seeds 0 1 2 --out reports/losses
+    python scripts/compare.py --losses l1 l2 smooth_l1 --seeds 0 --noise 0 0.2 0.4 --out reports/noise
+    python scripts/compare.py --runs runs/compare/l1-seed0 runs/compare/l2-seed0 --out reports/mine
+
+Runs go to --runs-dir (default runs/compare), one directory per cell (``l2-seed1``,
+``l2-noise0.2-seed1``). Finished cells are not trained again, so rerunning the same command
+after an interruption continues the matrix, and rerunning it on a finished matrix only rewrites
+the report. Each run is a separate ``scripts/train.py`` process; with several GPUs, --jobs runs
+that many at once, one GPU each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from cli import FLAGS, add_config_arguments, config_from_args, run_main
+
+from detector.compare import plan, train_matrix
+from detector.report import write_report
+
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+# Set per cell by the matrix, so not accepted as options here.
+MATRIX_FLAGS = ("--loss", "--seed", "--run-name", "--out-dir", "--train-box-noise")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--losses", nargs="+", default=[], help="regression losses (rows of the matrix)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds")
+    parser.add_argument("--noise", nargs="+", type=float, default=[0.0],
+                        help="fractions of training boxes displaced as outlier labels (data.train_box_noise)")
+    parser.add_argument("--runs", nargs="+", default=[], help="report on these run directories only; train nothing")
+    parser.add_argument("--runs-dir", default="runs/compare", help="folder of the matrix's run directories")
+    parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--baseline", default="smooth_l1", help="loss the others are compared against")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs at once (default: one per visible GPU, 1 on the CPU)")
+    add_config_arguments(parser, [flag for flag in FLAGS if flag not in MATRIX_FLAGS])
+    args = parser.parse_args()
+    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+    if args.runs:
+        run_dirs = [Path(d) for d in args.runs]
+    else:
+        if not args.losses:
+            parser.error("give --losses (to train a matrix) or --runs (to report on existing runs)")
+        base = config_from_args(args)
+        cells = plan(args.losses, args.seeds, args.noise)
+        run_dirs = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs,
+                                train_command=[sys.executable, str(TRAIN_SCRIPT), "--config"])
+    report = write_report(run_dirs, args.out, command, baseline=args.baseline)
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,108 @@
+"""The comparison matrix: planning, reuse of finished runs, resumption, the real script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detector import config as config_lib
+from detector.compare import Cell, cell_config, check_reusable, config_differences, plan, train_matrix
+from detector.config import Config, ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A stand-in for scripts/train.py: records that it ran and finishes the run as training would.
+FAKE_TRAIN = """
+import json, sys, yaml
+from pathlib import Path
+config = Path(sys.argv[1])
+raw = yaml.safe_load(config.read_text())
+status = "diverged" if raw["loss"]["name"] == "l2" and raw["train"]["seed"] == 1 else "completed"
+(config.parent / "metrics.json").write_text(json.dumps({"status": status}))
+with open(config.parent.parent / "trained.txt", "a") as log:
+    log.write(config.parent.name + "\\n")
+"""
+
+
+def trained(runs_dir):
+    path = runs_dir / "trained.txt"
+    return path.read_text().split() if path.is_file() else []
+
+
+def test_plan_orders_noise_then_seed_then_loss():
+    cells = plan(["l1", "l2"], [0, 1], [0.0, 0.2])
+    assert [c.name for c in cells[:4]] == ["l1-seed0", "l2-seed0", "l1-seed1", "l2-seed1"]
+    assert cells[4].name == "l1-noise0.2-seed0"
+    assert Cell("pkg.mod:loss", 3, 0.0).name == "pkg.mod.loss-seed3"
+    with pytest.raises(ConfigError, match="at least one loss"):
+        plan([], [0], [0.0])
+
+
+def test_cell_config_drops_parameters_of_another_loss(tmp_path):
+    base = config_lib.load(overrides=["loss.name=smooth_l1", "loss.args={beta: 0.5}", "train.lr=0.001"])
+    same = cell_config(base, Cell("smooth_l1", 2, 0.1), tmp_path)
+    assert same.loss.args == {"beta": 0.5} and same.train.seed == 2 and same.data.train_box_noise == 0.1
+    other = cell_config(base, Cell("giou", 0, 0.0), tmp_path)
+    assert other.loss.name == "giou" and other.loss.args == {} and other.train.lr == 0.001
+    assert other.train.run_name == "giou-seed0" and other.train.out_dir == str(tmp_path)
+
+
+def test_finished_run_with_another_configuration_is_rejected(tmp_path):
+    wanted = cell_config(Config(), Cell("l1", 0, 0.0), tmp_path)
+    run_dir = tmp_path / "l1-seed0"
+    run_dir.mkdir()
+    made = cell_config(config_lib.load(overrides=["train.epochs=3"]), Cell("l1", 0, 0.0), tmp_path / "elsewhere")
+    config_lib.save(made, run_dir / "config.yaml")
+    assert config_differences(wanted, run_dir) == ["train.epochs: 3 != 10"]  # out_dir does not count
+    with pytest.raises(ConfigError, match=r"l1-seed0 holds a finished run made with a different configuration "
+                                          r"\(train.epochs: 3 != 10\)"):
+        check_reusable(wanted, run_dir)
+
+
+def test_matrix_trains_only_unfinished_cells(tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    command = [sys.executable, "-c", FAKE_TRAIN]
+    cells = plan(["l1", "l2"], [0, 1], [0.0])
+    dirs = train_matrix(cells, Config(), runs_dir, jobs=1, train_command=command)
+    assert [d.name for d in dirs] == ["l1-seed0", "l2-seed0", "l1-seed1", "l2-seed1"]
+    assert trained(runs_dir) == ["l1-seed0", "l2-seed0", "l1-seed1", "l2-seed1"]
+    assert "[4/4 done] l2-seed1: diverged" in capsys.readouterr().out
+
+    # A finished matrix (diverged is finished: it would diverge again) trains nothing ...
+    train_matrix(cells, Config(), runs_dir, jobs=1, train_command=command)
+    assert len(trained(runs_dir)) == 4
+    assert "4 finished, 0 to train" in capsys.readouterr().out
+    # ... and an interrupted or failed cell is trained again, alone.
+    (runs_dir / "l1-seed1" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    (runs_dir / "l2-seed0" / "metrics.json").write_text("{half-writ")
+    train_matrix(cells, Config(), runs_dir, jobs=2, train_command=command)
+    assert sorted(trained(runs_dir)[4:]) == ["l1-seed1", "l2-seed0"]
+    assert (runs_dir / "l1-seed1" / "train.log").is_file()  # parallel runs log to a file each
+
+
+TINY = ["data.shapes_image_size=64", "data.shapes_num_train=16", "data.shapes_num_val=8", "data.batch_size=8",
+        "data.num_workers=0", "train.epochs=1", "train.warmup_steps=1", "train.log_every_n_steps=1"]
+
+
+def test_compare_script_trains_then_reports_without_retraining(tmp_path):
+    args = [sys.executable, str(REPO / "scripts" / "compare.py"), "--losses", "l1", "--seeds", "0",
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
+            "--set", *TINY, f"data.root={tmp_path / 'shapes'}"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    metrics = tmp_path / "runs" / "l1-seed0" / "metrics.json"
+    assert json.loads(metrics.read_text())["status"] == "completed"
+    stamp = metrics.stat().st_mtime_ns
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "1 finished, 0 to train" in second.stdout
+    assert metrics.stat().st_mtime_ns == stamp  # nothing was trained again
+    report = (tmp_path / "report" / "report.md").read_text()
+    ap = json.loads(metrics.read_text())["val"]["stats"]["AP"]
+    assert f"| l1 | 1/1 | {ap:.3f} |" in report
+    # Another configuration into the same runs folder is refused, naming the option.
+    third = subprocess.run(args[:-1] + ["train.lr=0.01", f"data.root={tmp_path / 'shapes'}"],
+                           capture_output=True, text=True, timeout=600)
+    assert third.returncode == 2 and "train.lr: 0.003 != 0.01" in third.stderr
