@@ -230,3 +230,75 @@ def _mean_defined(precision: np.ndarray) -> float:
 
 def _format_ap(value: float) -> str:
     return "n/a" if value < 0 else f"{value:.3f}"
+
+
+def evaluate_voc(
+    coco_gt: COCO,
+    results: Sequence[Mapping[str, Any]],
+    image_ids: Iterable[int] | None = None,
+    use_07_metric: bool = False,
+) -> dict[str, Any]:
+    """PASCAL VOC AP50 by the devkit's rule, next to COCO's AP: per class, detections sorted by
+    score are true positives when their best IoU with a not-yet-matched ground-truth box of that
+    class exceeds 0.5; ground truth marked iscrowd=1 (VOC's "difficult") neither counts as a
+    positive nor turns its matches into false positives. AP is the area under the precision
+    envelope (VOC2010+), or the 11-point mean of VOC2007 with ``use_07_metric``.
+
+    Boxes are compared as continuous coordinates, as everywhere in this project (the devkit's
+    +1 pixel convention is for inclusive integer pixel indices).
+
+    Returns {"voc_ap50": mean over classes with ground truth, "voc_ap50_per_class": {category id: AP}}.
+    """
+    evaluated = set(coco_gt.getImgIds() if image_ids is None else (int(i) for i in image_ids))
+    per_class: dict[int, float] = {}
+    for category_id in coco_gt.getCatIds():
+        truth: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # image -> (boxes xyxy (G, 4), difficult (G,))
+        positives = 0
+        for ann in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=sorted(evaluated), catIds=[category_id], iscrowd=None)):
+            boxes, difficult = truth.get(ann["image_id"], (np.zeros((0, 4)), np.zeros(0, dtype=bool)))
+            x, y, w, h = ann["bbox"]
+            truth[ann["image_id"]] = (np.vstack([boxes, [x, y, x + w, y + h]]),
+                                      np.append(difficult, bool(ann.get("iscrowd", 0))))
+            positives += not ann.get("iscrowd", 0)
+        if positives == 0:
+            continue
+        detections = sorted((r for r in results if r["category_id"] == category_id and r["image_id"] in evaluated),
+                            key=lambda r: -r["score"])
+        matched = {image: np.zeros(len(boxes), dtype=bool) for image, (boxes, _) in truth.items()}
+        hits = []  # 1 true positive, 0 false positive; difficult matches are left out
+        for det in detections:
+            boxes, difficult = truth.get(det["image_id"], (np.zeros((0, 4)), np.zeros(0, dtype=bool)))
+            x, y, w, h = det["bbox"]
+            if len(boxes):
+                inter_w = np.clip(np.minimum(boxes[:, 2], x + w) - np.maximum(boxes[:, 0], x), 0, None)
+                inter_h = np.clip(np.minimum(boxes[:, 3], y + h) - np.maximum(boxes[:, 1], y), 0, None)
+                inter = inter_w * inter_h
+                union = w * h + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+                iou = inter / np.maximum(union, np.finfo(float).eps)
+                best = int(iou.argmax())
+                if iou[best] > 0.5:
+                    if difficult[best]:
+                        continue
+                    if not matched[det["image_id"]][best]:
+                        matched[det["image_id"]][best] = True
+                        hits.append(1)
+                        continue
+            hits.append(0)
+        true_positives = np.cumsum(hits)
+        recall = true_positives / positives
+        precision = true_positives / np.maximum(np.arange(1, len(hits) + 1), 1)
+        per_class[category_id] = _voc_ap(recall, precision, use_07_metric)
+    return {"voc_ap50": float(np.mean(list(per_class.values()))) if per_class else -1.0,
+            "voc_ap50_per_class": {str(k): v for k, v in per_class.items()}}
+
+
+def _voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
+    """Area under the precision envelope (or the 11-point mean) of one class."""
+    if use_07_metric:
+        return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
+                              for t in np.linspace(0, 1, 11)]))
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    envelope = np.concatenate([[0.0], precision, [0.0]])
+    envelope = np.maximum.accumulate(envelope[::-1])[::-1]  # best precision at any higher recall
+    steps = np.nonzero(recall[1:] != recall[:-1])[0]
+    return float(np.sum((recall[steps + 1] - recall[steps]) * envelope[steps + 1]))

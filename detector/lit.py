@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from detector.config import Config, from_dict, to_dict
-from detector.evaluation import detections_to_coco_results, evaluate_coco
+from detector.evaluation import detections_to_coco_results, evaluate_coco, evaluate_voc
 from detector.gradients import GradientLog
 from detector.model import build_model
 
@@ -114,6 +114,8 @@ class DetectorModule(pl.LightningModule):
         results = detections_to_coco_results(detections, self.label_to_category_id)
         metrics = evaluate_coco(self.val_dataset.coco, results, self.class_names, self.label_to_category_id,
                                 image_ids=self.val_dataset.image_ids)
+        if self.cfg.data.name == "voc":  # VOC users compare with VOC numbers: AP50 by the devkit's rule too
+            metrics.update(evaluate_voc(self.val_dataset.coco, results, image_ids=self.val_dataset.image_ids))
         self.last_metrics, self.last_results = metrics, results
         self.last_metrics_step = self.global_step
         ap_at_90 = metrics["ap_per_iou"]["0.90"]

@@ -124,3 +124,44 @@ def test_a_failing_run_is_marked_failed(tmp_path, monkeypatch):
         train(cfg)
     metrics = json.loads((tmp_path / "broken" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["error"] == "RuntimeError: boom"
+
+
+def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):
+    """A VOC-layout copy of a tiny shapes set (shape classes renamed to VOC classes) trains,
+    records AP50 by the VOC rule, and the report shows it."""
+    from PIL import Image
+
+    from detector.data.shapes import ensure_shapes
+    from detector.data.voc import VOC_CLASSES
+    from detector.report import write_report
+
+    shapes = tmp_path / "shapes"
+    ensure_shapes(shapes, image_size=64, num_train=16, num_val=8, seed=0)
+    root = tmp_path / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    for split in ("train", "val"):
+        coco = json.loads((shapes / "annotations" / f"instances_{split}.json").read_text())
+        names = {c["id"]: VOC_CLASSES[i] for i, c in enumerate(coco["categories"])}
+        for image in coco["images"]:
+            stem = f"{split}{image['id']:04d}"
+            Image.open(shapes / split / image["file_name"]).convert("RGB").save(root / "JPEGImages" / f"{stem}.jpg",
+                                                                                 quality=95)
+            objects = "".join(
+                f"<object><name>{names[a['category_id']]}</name><difficult>0</difficult><bndbox>"
+                f"<xmin>{a['bbox'][0]}</xmin><ymin>{a['bbox'][1]}</ymin><xmax>{a['bbox'][0] + a['bbox'][2]}</xmax>"
+                f"<ymax>{a['bbox'][1] + a['bbox'][3]}</ymax></bndbox></object>"
+                for a in coco["annotations"] if a["image_id"] == image["id"])
+            (root / "Annotations" / f"{stem}.xml").write_text(
+                f"<annotation><size><width>{image['width']}</width><height>{image['height']}</height></size>"
+                f"{objects}</annotation>")
+            with open(root / "ImageSets" / "Main" / f"{split}.txt", "a") as handle:
+                handle.write(stem + "\n")
+    cfg = config_lib.load(overrides=TINY_SHAPES + [
+        "data.name=voc", f"data.root={root}", "data.train_split=train", "data.val_split=val",
+        f"train.out_dir={tmp_path}", "train.run_name=voc", "train.epochs=1"])
+    run_dir = train(cfg)
+    val = json.loads((run_dir / "metrics.json").read_text())["val"]
+    assert 0.0 <= val["voc_ap50"] <= 1.0 and val["stats"]["AP50"] >= 0.0
+    report = write_report([run_dir], tmp_path / "report", "cmd").read_text()
+    assert "VOC_AP50" in report and f"{val['voc_ap50']:.3f}" in report

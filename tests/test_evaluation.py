@@ -22,6 +22,7 @@ from detector.evaluation import (
     STAT_NAMES,
     detections_to_coco_results,
     evaluate_coco,
+    evaluate_voc,
     format_metrics_table,
 )
 
@@ -307,3 +308,31 @@ def test_format_metrics_table():
 
     many = {**metrics, "ap_per_class": {f"class{i}": 0.5 for i in range(21)}}
     assert len(format_metrics_table(many).splitlines()) == 2
+
+
+def test_voc_ap50_hand_worked():
+    # One class, two objects in two images. By score: hit on image 1, a miss (IoU 0 on
+    # image 1), hit on image 2. Recall 0.5, 0.5, 1; precision 1, 0.5, 2/3.
+    # All-point: 0.5 * 1 + 0.5 * 2/3 = 0.833333. 11-point: recall 0..0.5 (6 points) at
+    # precision 1, 0.6..1 (5 points) at 2/3: (6 + 5 * 2/3) / 11 = 0.848485.
+    # A difficult object (iscrowd=1) and a detection on it change nothing; a duplicate hit
+    # on an already matched object is a false positive at the end (precision 3/4 -> no change
+    # to the envelope at recall 1 before it).
+    coco = make_coco([(1, 18, [10, 10, 100, 100]), (2, 18, [50, 50, 80, 80]), (2, 18, [300, 300, 50, 50], 1)],
+                     num_images=2)
+    results = [result(1, 18, [10, 10, 100, 100], 0.9), result(1, 18, [400, 300, 50, 50], 0.8),
+               result(2, 18, [52, 50, 80, 80], 0.7), result(2, 18, [300, 300, 50, 50], 0.95),
+               result(1, 18, [12, 10, 100, 100], 0.1)]
+    voc = evaluate_voc(coco, results)
+    assert voc["voc_ap50"] == pytest.approx(0.833333, abs=1e-6)
+    assert voc["voc_ap50_per_class"] == {"18": pytest.approx(0.833333, abs=1e-6)}  # square has no objects
+    assert evaluate_voc(coco, results, use_07_metric=True)["voc_ap50"] == pytest.approx(0.848485, abs=1e-6)
+
+
+def test_voc_ap50_needs_iou_above_one_half():
+    coco = make_coco([(1, 18, [0, 0, 100, 100])])
+    # [0, 0, 100, 50] has IoU exactly 0.5: not a hit by the VOC rule (strictly greater);
+    # [0, 0, 100, 51] has IoU 0.51: a hit.
+    assert evaluate_voc(coco, [result(1, 18, [0, 0, 100, 50], 0.9)])["voc_ap50"] == 0.0
+    assert evaluate_voc(coco, [result(1, 18, [0, 0, 100, 51], 0.9)])["voc_ap50"] == pytest.approx(1.0)
+    assert evaluate_voc(coco, [])["voc_ap50"] == 0.0
