@@ -57,6 +57,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # "torchvision": torchvision's FasterRCNN configured like ours (detector/reference.py), the
+    # reference of the benchmark's accuracy-parity mode; its loss is hard-wired smooth L1.
+    implementation: str = "ours"  # ours | torchvision
     backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50
     weights: str | None = None  # local torchvision-format state dict; never downloaded
     # Width of the merged stride-8 map. The RoI head's cost (RoIAlign output, first FC layer)
@@ -136,6 +139,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("shapes", "coco", "voc"),
+    "model.implementation": ("ours", "torchvision"),
     "model.backbone": ("resnet18", "resnet34", "resnet50"),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("cosine", "constant"),
@@ -331,3 +335,9 @@ def validate(cfg: Config) -> None:
     check(cfg.loss.rpn_weight is None or cfg.loss.rpn_weight > 0, "loss.rpn_weight", "empty or > 0")
     if cfg.loss.rpn_weight is not None and cfg.loss.rpn_name is None:
         raise ConfigError("option 'loss.rpn_weight' is set but 'loss.rpn_name' is not; use loss.weight")
+    if m.implementation == "torchvision":
+        from detector.reference import check_reference_loss  # late import: torchvision's models
+
+        problem = check_reference_loss(cfg)
+        if problem:
+            raise ConfigError(f"option 'model.implementation' is 'torchvision': {problem}")

@@ -58,7 +58,7 @@ class DetectorModule(pl.LightningModule):
         step = self.global_step - 1
         if self.gradient_log is None or step % self.cfg.train.log_every_n_steps:
             return
-        for probe in (self.model.roi_heads.gradient_probe, self.model.rpn.gradient_probe):
+        for probe in self.model.gradient_probes():
             row = probe.statistics(step)
             if row is not None:
                 self.gradient_log.write(row)

@@ -258,6 +258,9 @@ def box_regression_loss(loss: RegressionLoss, pred_deltas: Tensor, target_boxes:
     instead of indexing the foreground, because boolean indexing has a data-dependent shape
     and would synchronise the host with the device. The caller divides by its normaliser.
     """
+    # fp32 even under mixed precision: bf16 resolves 0.5 px at 128 px, and decode's exp and
+    # the IoU ratios overflow or cancel in fp16.
+    pred_deltas, target_boxes, reference_boxes = pred_deltas.float(), target_boxes.float(), reference_boxes.float()
     # Background elements regress onto their own reference (zero deltas), so their
     # meaningless targets (e.g. zero-area padding) cannot produce inf * 0 = nan.
     target_boxes = torch.where(foreground[..., None], target_boxes, reference_boxes)

@@ -5,12 +5,15 @@ Shapes: N images, G ground-truth boxes per image (padded to the batch maximum).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from detector.anchors import AnchorGenerator
 from detector.backbone import Backbone
 from detector.config import Config
+from detector.gradients import GradientProbe
 from detector.losses import RegressionLoss, build_loss
 from detector.roi_heads import RoIHeads
 from detector.rpn import RegionProposalNetwork
@@ -58,6 +61,14 @@ class FasterRCNN(nn.Module):
             valid[i, :count] = True
         return boxes, labels, valid
 
+    def gradient_probes(self) -> tuple[GradientProbe, ...]:
+        """The probes on the regression outputs of the box head and the RPN (gradients.csv)."""
+        return (self.roi_heads.gradient_probe, self.rpn.gradient_probe)
+
+    def regression_loss_records(self) -> dict[str, Any]:
+        """Name, space, every parameter and the weight of each stage's regression loss."""
+        return {"box_head": _loss_record(self.roi_heads), "rpn": _loss_record(self.rpn)}
+
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         """Training (targets given): dict of the four losses. Inference: per-image detections
         with boxes in the input image's pixels."""
@@ -86,8 +97,18 @@ def regression_losses(cfg: Config) -> tuple[tuple[RegressionLoss, float], tuple[
     return (head, head_weight), (rpn, rpn_weight)
 
 
-def build_model(cfg: Config, num_classes: int) -> FasterRCNN:
+def _loss_record(head: RoIHeads | RegionProposalNetwork) -> dict[str, Any]:
+    loss = head.regression_loss
+    return {"name": loss.name, "space": loss.space, "params": loss.params, "weight": head.regression_weight}
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """Our detector, or torchvision's configured like it when model.implementation is torchvision."""
     m = cfg.model
+    if m.implementation == "torchvision":
+        from detector.reference import TorchvisionFasterRCNN  # the reference imports this module
+
+        return TorchvisionFasterRCNN(cfg, num_classes)
     (head_loss, head_weight), (rpn_loss, rpn_weight) = regression_losses(cfg)
     backbone = Backbone(name=m.backbone, out_channels=m.feature_channels, weights=m.weights)
     anchors = AnchorGenerator(sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios, stride=backbone.stride)

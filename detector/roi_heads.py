@@ -76,8 +76,8 @@ class RoIHeads(nn.Module):
         labels, matched = assign(candidates, valid, gt_boxes, gt_labels, gt_valid,
                                  fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh=self.bg_iou_thresh,
                                  allow_low_quality_matches=False)
-        positive, negative = sample_balanced(labels, batch_size_per_image=self.batch_size_per_image,
-                                             positive_fraction=self.positive_fraction)
+        positive, negative, _, _ = sample_balanced(labels, batch_size_per_image=self.batch_size_per_image,
+                                                   positive_fraction=self.positive_fraction)
         s = min(self.batch_size_per_image, candidates.shape[1])
         # Sampled positives first, then sampled negatives, then padding.
         priority = 2.0 * positive + 1.0 * negative  # (N, M+G)
@@ -107,7 +107,7 @@ class RoIHeads(nn.Module):
         # Both losses are normalised by the number of sampled RoIs, as in torchvision's
         # fastrcnn_loss and detectron2 (not by the number of positives).
         num_sampled = (labels >= 0).sum().clamp(min=1)
-        classification = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1,
+        classification = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-1,
                                          reduction="sum") / num_sampled
         # (N, S, K+1, 4) -> (N, S, 4): the deltas predicted for the RoI's own class
         class_deltas = torch.gather(deltas, 2, labels.clamp(min=0)[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
@@ -125,7 +125,8 @@ class RoIHeads(nn.Module):
             logits, deltas = self.predict(features, rois)
             return self.losses(logits, deltas, rois, labels, matched)
         logits, deltas = self.predict(features, proposals)
-        return self.postprocess(logits, deltas, proposals, proposal_valid, image_sizes)
+        # Scores and boxes in fp32 even under mixed precision (see RegionProposalNetwork.forward).
+        return self.postprocess(logits.float(), deltas.float(), proposals, proposal_valid, image_sizes)
 
     @torch.no_grad()
     def postprocess(self, logits: Tensor, deltas: Tensor, proposals: Tensor, proposal_valid: Tensor,

@@ -15,7 +15,7 @@ from detector.anchors import AnchorGenerator
 from detector.boxes import BoxCoder, clip_boxes
 from detector.gradients import GradientProbe
 from detector.losses import RegressionLoss, box_regression_loss
-from detector.targets import assign, sample_balanced
+from detector.targets import Sample, label_sparse, matched_box, sample_masks
 
 
 class RPNHead(nn.Module):
@@ -70,13 +70,16 @@ class RegionProposalNetwork(nn.Module):
         truth is given.
         """
         objectness, deltas = self.head(features)  # (N, R), (N, R, 4)
-        anchors = self.anchor_generator.grid_anchors(*features.shape[-2:], features.device, features.dtype)
+        # fp32 anchors whatever the feature dtype: under bf16 autocast they would be rounded.
+        anchors = self.anchor_generator.grid_anchors(*features.shape[-2:], features.device, torch.float32)
         mode = "train" if self.training else "test"
-        proposals, valid = self.select_proposals(objectness.detach(), deltas.detach(), anchors, image_sizes,
-                                                 self.pre_nms_top_n[mode], self.post_nms_top_n[mode])
+        # Proposals are decoded in fp32 even under mixed precision (bf16 would round their
+        # coordinates to whole pixels and worse on large images).
+        proposals, valid = self.select_proposals(objectness.detach().float(), deltas.detach().float(), anchors,
+                                                 image_sizes, self.pre_nms_top_n[mode], self.post_nms_top_n[mode])
         losses = {}
         if gt_boxes is not None:
-            losses = self.losses(objectness, deltas, anchors, gt_boxes, gt_valid)
+            losses = self.losses(objectness.float(), deltas, tuple(features.shape[-2:]), gt_boxes, gt_valid)
         return proposals, valid, losses
 
     def select_proposals(self, objectness: Tensor, deltas: Tensor, anchors: Tensor, image_sizes: Tensor,
@@ -107,22 +110,41 @@ class RegionProposalNetwork(nn.Module):
         proposals = torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4))
         return proposals, torch.isfinite(top_scores)
 
-    def losses(self, objectness: Tensor, deltas: Tensor, anchors: Tensor, gt_boxes: Tensor,
+    def sample_anchors(self, feature_size: tuple[int, int], gt_boxes: Tensor,
+                       gt_valid: Tensor) -> tuple[Sample, Tensor, Tensor]:
+        """Label every anchor of an H x W ``feature_size`` grid against the padded ground truth
+        (N, G, 4) and draw the balanced sample. Returns the sample, and the anchors (N, P, 4)
+        and matched ground-truth boxes (N, P, 4) of its positives (``sample.positive_index``).
+
+        Regression only needs the sampled positives (at most P per image): gathering them into
+        (N, P) avoids encoding and masking all R anchors (200k per COCO-sized image).
+        """
+        anchors = self.anchor_generator.grid_anchors(*feature_size, gt_boxes.device, torch.float32)  # (R, 4)
+        overlaps = self.anchor_generator.nonzero_iou(gt_boxes, gt_valid, *feature_size, low_threshold=self.bg_iou_thresh)
+        positive, negative, best = label_sparse(overlaps, gt_valid, len(anchors), high_threshold=self.fg_iou_thresh,
+                                                low_threshold=self.bg_iou_thresh, allow_low_quality_matches=True)
+        sample = sample_masks(positive, negative, batch_size_per_image=self.batch_size_per_image,
+                              positive_fraction=self.positive_fraction)
+        positive_anchors = anchors[sample.positive_index]  # (N, P, 4)
+        if gt_boxes.shape[1] == 0:  # no ground truth in the batch: no positive either
+            return sample, positive_anchors, positive_anchors
+        matched_gt = matched_box(torch.gather(best, 1, sample.positive_index))  # (N, P)
+        matched = torch.gather(gt_boxes, 1, matched_gt[..., None].expand(-1, -1, 4))  # (N, P, 4)
+        return sample, positive_anchors, matched
+
+    def losses(self, objectness: Tensor, deltas: Tensor, feature_size: tuple[int, int], gt_boxes: Tensor,
                gt_valid: Tensor) -> dict[str, Tensor]:
-        n = objectness.shape[0]
-        anchors = anchors[None].expand(n, -1, -1)  # (N, R, 4)
-        labels, matched = assign(anchors, None, gt_boxes, gt_valid.long(), gt_valid,
-                                 fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh=self.bg_iou_thresh,
-                                 allow_low_quality_matches=True)
-        positive, negative = sample_balanced(labels, batch_size_per_image=self.batch_size_per_image,
-                                             positive_fraction=self.positive_fraction)
-        sampled = positive | negative
+        """objectness (N, R), deltas (N, R, 4) of the anchors of an H x W ``feature_size`` grid."""
+        sample, positive_anchors, matched = self.sample_anchors(feature_size, gt_boxes, gt_valid)
+        sampled = sample.positive | sample.negative
         # Normalised by the number of sampled anchors, as torchvision and detectron2 do, so a
         # loss's weight means the same whatever the share of positives.
         num_sampled = sampled.sum().clamp(min=1)
         objectness_loss = (F.binary_cross_entropy_with_logits(
-            objectness, positive.to(objectness.dtype), reduction="none") * sampled).sum() / num_sampled
-        self.gradient_probe.attach(deltas, positive, self.regression_weight / num_sampled)
-        regression = box_regression_loss(self.regression_loss, deltas, matched, anchors, self.coder, positive)
+            objectness, sample.positive.to(objectness.dtype), reduction="none") * sampled).sum() / num_sampled
+        positive_deltas = torch.gather(deltas, 1, sample.positive_index[..., None].expand(-1, -1, 4))  # (N, P, 4)
+        self.gradient_probe.attach(positive_deltas, sample.positive_valid, self.regression_weight / num_sampled)
+        regression = box_regression_loss(self.regression_loss, positive_deltas, matched, positive_anchors,
+                                         self.coder, sample.positive_valid)
         return {"loss_objectness": objectness_loss,
                 "loss_rpn_box": self.regression_weight * regression / num_sampled}

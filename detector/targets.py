@@ -10,9 +10,12 @@ the training step has no per-image loop and no host-device synchronisation.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
+from detector.anchors import AnchorOverlaps
 from detector.boxes import batched_box_iou
 
 BELOW_LOW_THRESHOLD = -1  # IoU below the background threshold: background
@@ -23,8 +26,8 @@ def match(iou: Tensor, gt_valid: Tensor, *, high_threshold: float, low_threshold
           allow_low_quality_matches: bool) -> Tensor:
     """Assign each candidate its best ground truth, with torchvision ``Matcher`` semantics.
 
-    iou: (N, R, G); gt_valid: (N, G) bool. Returns (N, R) int64: the matched ground-truth
-    index, ``BELOW_LOW_THRESHOLD`` or ``BETWEEN_THRESHOLDS``.
+    iou: (N, R, G), overwritten at padding columns; gt_valid: (N, G) bool. Returns (N, R)
+    int64: the matched ground-truth index, ``BELOW_LOW_THRESHOLD`` or ``BETWEEN_THRESHOLDS``.
 
     With ``allow_low_quality_matches`` every candidate that ties for the highest IoU of some
     ground truth is matched to its own best ground truth even below ``high_threshold``, as in
@@ -34,48 +37,104 @@ def match(iou: Tensor, gt_valid: Tensor, *, high_threshold: float, low_threshold
     n, r, g = iou.shape
     if g == 0:
         return torch.full((n, r), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
-    # Padding columns get IoU -1 so they never win a max and never promote a candidate.
-    iou = iou.masked_fill(~gt_valid[:, None, :], -1.0)
+    # Padding columns get IoU -1 so they never win a max. In place: the caller's IoU tensor is
+    # a temporary, and a copy of (N, R, G) costs as much as the matching.
+    iou = iou.masked_fill_(~gt_valid[:, None, :], -1.0)
     matched_vals, all_matches = iou.max(dim=2)  # (N, R)
     matches = torch.where(matched_vals < low_threshold, BELOW_LOW_THRESHOLD, all_matches)
     between = (matched_vals >= low_threshold) & (matched_vals < high_threshold)
     matches = torch.where(between, BETWEEN_THRESHOLDS, matches)
     if allow_low_quality_matches:
-        best_per_gt = iou.max(dim=1, keepdim=True).values  # (N, 1, G)
-        is_best = (iou == best_per_gt) & gt_valid[:, None, :]  # (N, R, G)
-        matches = torch.where(is_best.any(dim=2), all_matches, matches)
+        # A padding column's best is set to 2 (above any IoU), so it promotes nothing.
+        best_per_gt = iou.amax(dim=1, keepdim=True).masked_fill_(~gt_valid[:, None, :], 2.0)  # (N, 1, G)
+        promoted = (iou == best_per_gt).any(dim=2)  # (N, R)
+        matches = torch.where(promoted, all_matches, matches)
     return matches
 
 
+def label_sparse(overlaps: AnchorOverlaps, gt_valid: Tensor, num_candidates: int, *, high_threshold: float,
+                 low_threshold: float, allow_low_quality_matches: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``match``'s decisions from the non-zero entries of the IoU matrix only (N images x R
+    candidates x G boxes, every other entry 0), identical index for index.
+
+    overlaps: T entries (candidate, box, IoU > 0), flat over the batch; gt_valid (N, G).
+    Returns positive and negative (N, R) bool masks (neither: ignored) and an (N, R) int64
+    ``best`` from which ``matched_box(best)`` reads the matched box of any candidate. Only the
+    sampled positives need their box, so it is decoded for those alone.
+    """
+    n, g = gt_valid.shape
+    if g >= 2**16:
+        raise ValueError(f"at most {2**16 - 1} ground-truth boxes per image, got {g}")
+    # One scatter finds both the largest IoU of each candidate and the first box reaching it
+    # (``max`` returns the first maximum): a non-negative float's bits order like the float, so
+    # key = (IoU bits << 16) | (65535 - box) is largest for the largest IoU and, among equal
+    # IoUs, for the smallest box. A candidate without entries keeps key 0: IoU 0 with every box.
+    box_in_image = overlaps.box % max(g, 1)
+    key = (overlaps.iou.view(torch.int32).long() << 16) | (2**16 - 1 - box_in_image)  # (T,)
+    best = key.new_zeros(n * num_candidates).scatter_reduce_(0, overlaps.candidate, key, "amax")
+    best_iou = (best >> 16).int().view(torch.float32).view(n, num_candidates)
+    positive = best_iou >= high_threshold
+    negative = best_iou < low_threshold
+    if g > 0 and allow_low_quality_matches:
+        best_per_gt = overlaps.iou.new_zeros(n * g).scatter_reduce_(0, overlaps.box, overlaps.iou, "amax")
+        ties = (overlaps.iou == best_per_gt[overlaps.box]).to(torch.uint8)
+        promoted = torch.zeros(n * num_candidates, dtype=torch.uint8, device=ties.device)
+        promoted = promoted.scatter_reduce_(0, overlaps.candidate, ties, "amax").view(n, num_candidates).bool()
+        # torchvision's quirk: a box whose best IoU is 0 promotes every candidate (all overlap it by 0).
+        promoted |= (gt_valid & (best_per_gt.view(n, g) == 0)).any(dim=1)[:, None]
+        positive |= promoted
+        negative &= ~promoted
+    return positive, negative, best.view(n, num_candidates)
+
+
+def matched_box(best: Tensor) -> Tensor:
+    """Ground-truth index of candidates from ``label_sparse``'s ``best`` (any shape)."""
+    return torch.where(best > 0, 2**16 - 1 - (best & (2**16 - 1)), 0)
+
+
+class Sample(NamedTuple):
+    """A balanced draw. ``positive_index`` lists each image's sampled positives in a fixed-size
+    (N, P) tensor (P = the most positives an image may have), ``positive_valid`` marks its real
+    entries: the regression loss gathers just these instead of masking all R candidates."""
+
+    positive: Tensor  # (N, R) bool
+    negative: Tensor  # (N, R) bool
+    positive_index: Tensor  # (N, P) int64
+    positive_valid: Tensor  # (N, P) bool
+
+
 def sample_balanced(labels: Tensor, *, batch_size_per_image: int, positive_fraction: float,
-                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                    generator: torch.Generator | None = None) -> Sample:
     """Draw a uniform random subset of positives and negatives per image.
 
-    labels: (N, R) with >= 1 foreground, 0 background, -1 ignored. Returns boolean (N, R)
-    masks of sampled positives and negatives with exactly torchvision's counts:
-    ``min(#pos, batch * fraction)`` positives and ``min(#neg, batch - sampled positives)``
-    negatives per image; ignored candidates are never drawn.
+    labels: (N, R) with >= 1 foreground, 0 background, -1 ignored. The masks hold exactly
+    torchvision's counts: ``min(#pos, batch * fraction)`` positives and
+    ``min(#neg, batch - sampled positives)`` negatives per image; ignored candidates are never drawn.
     """
-    positive = labels >= 1
-    negative = labels == 0
+    return sample_masks(labels >= 1, labels == 0, batch_size_per_image=batch_size_per_image,
+                        positive_fraction=positive_fraction, generator=generator)
+
+
+def sample_masks(positive: Tensor, negative: Tensor, *, batch_size_per_image: int, positive_fraction: float,
+                 generator: torch.Generator | None = None) -> Sample:
+    """``sample_balanced`` from (N, R) masks of the positive and negative candidates."""
     max_pos = int(batch_size_per_image * positive_fraction)
     num_pos = positive.sum(dim=1).clamp(max=max_pos)  # (N,)
     num_neg = negative.sum(dim=1).clamp(max=batch_size_per_image - num_pos)
-    keys = torch.rand(labels.shape, device=labels.device, generator=generator)  # (N, R)
-    return (_take_random(positive, num_pos, max_pos, keys),
-            _take_random(negative, num_neg, batch_size_per_image, keys))
+    keys = torch.rand(positive.shape, device=positive.device, generator=generator)  # (N, R)
+    positive_mask, positive_index, positive_valid = _take_random(positive, num_pos, max_pos, keys)
+    negative_mask, _, _ = _take_random(negative, num_neg, batch_size_per_image, keys)
+    return Sample(positive_mask, negative_mask, positive_index, positive_valid)
 
 
-def _take_random(eligible: Tensor, count: Tensor, max_count: int, keys: Tensor) -> Tensor:
-    """Mask of ``count[n]`` eligible elements per row, chosen by the largest random keys."""
+def _take_random(eligible: Tensor, count: Tensor, max_count: int, keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``count[n]`` eligible elements per row, chosen by the largest random keys: their mask
+    (N, R), and their indices (N, k) with a (N, k) validity mask, k = min(max_count, R)."""
     k = min(max_count, eligible.shape[1])
-    chosen = torch.zeros_like(eligible)
-    if k == 0:
-        return chosen
     # Ineligible elements get key -1, so the top-k lists eligible ones first.
     top = torch.where(eligible, keys, -1.0).topk(k, dim=1).indices  # (N, k)
-    rank = torch.arange(k, device=eligible.device)[None, :]  # (1, k)
-    return chosen.scatter(1, top, rank < count[:, None])
+    valid = torch.arange(k, device=eligible.device)[None, :] < count[:, None]  # (N, k)
+    return torch.zeros_like(eligible).scatter(1, top, valid), top, valid
 
 
 def assign(candidates: Tensor, candidate_valid: Tensor | None, gt_boxes: Tensor, gt_labels: Tensor,

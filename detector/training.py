@@ -45,6 +45,17 @@ def default_run_name(cfg: Config) -> str:
     return f"{cfg.data.name}-{cfg.loss.name.replace(':', '.')}-seed{cfg.train.seed}-{stamp}"
 
 
+def resolve_precision(cfg: Config) -> None:
+    """Mixed precision is for GPUs: on the CPU, fp16 autocast is slow or unsupported and bf16 is
+    slower than fp32 on most CPUs, so a GPU preset run on a CPU trains in fp32 (with a warning,
+    and the recorded configuration says so)."""
+    t = cfg.train
+    on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    if t.precision in ("16-mixed", "bf16-mixed") and not on_gpu and t.accelerator != "mps":
+        log.warning("precision %s needs a GPU; training in fp32 (32-true) on the CPU", t.precision)
+        t.precision = "32-true"
+
+
 def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) -> pl.Trainer:
     t = cfg.train
     checkpoints = run_dir / "checkpoints"
@@ -90,6 +101,7 @@ def train(cfg: Config) -> Path:
     if t.threads:
         torch.set_num_threads(t.threads)
     pl.seed_everything(t.seed, workers=True, verbose=False)
+    resolve_precision(cfg)
     run_dir = Path(t.out_dir) / (t.run_name or default_run_name(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
@@ -102,10 +114,7 @@ def train(cfg: Config) -> Path:
     data_ready = time.perf_counter()
     module = DetectorModule.from_config(cfg, data.train_dataset)
     module.val_dataset = data.val_dataset
-    record["loss"] = {
-        "box_head": _loss_record(module.model.roi_heads),
-        "rpn": _loss_record(module.model.rpn),
-    }
+    record["loss"] = module.model.regression_loss_records()
     record["num_train_images"] = len(data.train_dataset)
     record["num_val_images"] = len(data.val_dataset)
     record["class_names"] = module.class_names
@@ -161,11 +170,6 @@ def train(cfg: Config) -> Path:
         print(format_metrics_table(module.last_metrics))
         print(f"total time: {record['timings']['total_s']:.1f} s")
     return run_dir
-
-
-def _loss_record(head) -> dict[str, Any]:
-    loss = head.regression_loss
-    return {"name": loss.name, "space": loss.space, "params": loss.params, "weight": head.regression_weight}
 
 
 def _relative(path: str, root: Path) -> str | None:

@@ -34,3 +34,33 @@ def test_same_shapes_as_torchvision_shifted_half_a_stride():
     (theirs,) = theirs_gen(images, [torch.zeros(1, 1, 4, 5)])
     # torchvision rounds its base anchors to integers and centres them on cell corners
     torch.testing.assert_close(ours - stride / 2, theirs, atol=0.5, rtol=0)
+
+
+def random_boxes(n, g, seed, scale=90.0):
+    gen = torch.Generator().manual_seed(seed)
+    corner = torch.rand(n, g, 2, generator=gen) * scale
+    return torch.cat((corner, corner + torch.rand(n, g, 2, generator=gen) * scale * 0.7), dim=-1)
+
+
+def test_nonzero_iou_lists_every_nonzero_entry_bit_for_bit():
+    from detector.boxes import batched_box_iou
+
+    gen = AnchorGenerator(sizes=[8, 16, 32, 64], aspect_ratios=[0.5, 1.0, 2.0], stride=8)
+    boxes = random_boxes(3, 7, seed=0)
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    boxes[0, 5:] = 0  # padding rows
+    valid[0, 5:] = False
+    boxes[1, 0, 2] = boxes[1, 0, 0]  # zero width: no overlap with anything
+    boxes[2, 1] = torch.tensor([-20.0, -10.0, 300.0, 8.0])  # beyond the image
+    anchors = gen.grid_anchors(11, 13, torch.device("cpu"), torch.float32)  # (11*13*12, 4)
+    dense = batched_box_iou(anchors[None].expand(3, -1, -1), boxes)  # (3, R, 7)
+    dense[~valid[:, None, :].expand_as(dense)] = 0  # padding is not listed
+    entries = gen.nonzero_iou(boxes, valid, 11, 13)
+    sparse = torch.zeros_like(dense)
+    r = anchors.shape[0]
+    sparse[entries.candidate // r, entries.candidate % r, entries.box % 7] = entries.iou
+    assert torch.equal(entries.candidate // r, entries.box // 7)  # both name the same image
+    assert (entries.iou > 0).all()
+    assert torch.equal(sparse, dense)  # the same values, and no non-zero entry missing
+    empty = gen.nonzero_iou(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool), 3, 4)
+    assert empty.iou.numel() == 0

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from detector import config as config_lib
@@ -165,3 +166,14 @@ def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):
     assert 0.0 <= val["voc_ap50"] <= 1.0 and val["stats"]["AP50"] >= 0.0
     report = write_report([run_dir], tmp_path / "report", "cmd").read_text()
     assert "VOC_AP50" in report and f"{val['voc_ap50']:.3f}" in report
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_mixed_precision_preset_trains_in_fp32_on_the_cpu(caplog):
+    from detector.training import resolve_precision
+
+    cfg = config_lib.load(REPO / "configs" / "shapes_gpu.yaml", overrides=["train.accelerator=auto"])
+    assert cfg.train.precision == "bf16-mixed"
+    resolve_precision(cfg)
+    assert cfg.train.precision == "32-true"
+    assert "needs a GPU" in caplog.text

@@ -100,3 +100,56 @@ def test_large_feature_maps_fall_back_to_torchvision_roi_align(monkeypatch):
     monkeypatch.setattr(roi_heads, "SEPARABLE_ROI_ALIGN_MAX_ELEMENTS", 0)
     fallback = model.roi_heads.predict(features, rois)
     torch.testing.assert_close(separable, fallback)
+
+
+@pytest.mark.parametrize("name", ["smooth_l1", "giou"])
+def test_mixed_precision_keeps_boxes_and_losses_in_fp32(name):
+    """Under bf16 autocast (the GPU preset's precision; the CPU runs the same code path) the
+    convolutions and matmuls run in bf16, but anchors, proposals, losses and detections stay
+    fp32: bf16 has an 8-bit mantissa, so a coordinate near 100 px would be rounded to 0.5 px."""
+    torch.manual_seed(0)
+    model = build_model(config_lib.load(overrides=SMALL + [f"loss.name={name}"]), num_classes=3).train()
+    images, targets = batch(0, empty_last=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.backbone(model.preprocess(images)[0])
+        proposals, _, _ = model.rpn(features, model.preprocess(images)[1])
+        detections = model(images)
+    assert features.dtype == torch.bfloat16  # autocast is really on
+    assert proposals.dtype == torch.float32
+    # fp32 proposals are not confined to the bf16 grid (multiples of 0.25 px between 32 and 64 px)
+    assert ((proposals * 4) != (proposals * 4).round()).any()
+    assert all(d["boxes"].dtype == torch.float32 and d["scores"].dtype == torch.float32 for d in detections)
+
+
+@pytest.mark.parametrize("name", ["smooth_l1", "giou"])
+def test_rpn_losses_equal_the_dense_computation(name):
+    """The RPN gathers its sampled positives and uses the separable anchor IoU; the result
+    equals labelling every anchor with the generic IoU and masking the regression loss."""
+    from detector.losses import box_regression_loss
+    from detector.targets import assign, sample_balanced
+
+    torch.manual_seed(0)
+    rpn = build_model(config_lib.load(overrides=SMALL + [f"loss.name={name}"]), num_classes=3).rpn
+    n, h, w = 2, 6, 8
+    r = h * w * rpn.anchor_generator.num_anchors_per_location
+    objectness, deltas = torch.randn(n, r), torch.randn(n, r, 4) * 0.1
+    gt_boxes = torch.tensor([[[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 52.0, 20.0]], [[10.0, 10.0, 20.0, 30.0], [0, 0, 0, 0]]])
+    gt_valid = torch.tensor([[True, True], [True, False]])
+    torch.manual_seed(1)
+    losses = rpn.losses(objectness, deltas, (h, w), gt_boxes, gt_valid)
+
+    anchors = rpn.anchor_generator.grid_anchors(h, w, torch.device("cpu"), torch.float32)[None].expand(n, -1, -1)
+    labels, matched = assign(anchors, None, gt_boxes, gt_valid.long(), gt_valid, fg_iou_thresh=0.7,
+                             bg_iou_thresh=0.3, allow_low_quality_matches=True)
+    torch.manual_seed(1)
+    positive, negative, _, _ = sample_balanced(labels, batch_size_per_image=256, positive_fraction=0.5)
+    num_sampled = (positive | negative).sum()
+    expected = box_regression_loss(rpn.regression_loss, deltas, matched, anchors, rpn.coder, positive)
+    assert positive.sum() > 0
+    torch.testing.assert_close(losses["loss_rpn_box"], rpn.regression_weight * expected / num_sampled)

@@ -75,12 +75,17 @@ def test_sampler_draws_exact_counts_and_never_ignored():
     labels[1, :150] = 2  # many positives: capped at 64 * 0.25 = 16, then 48 negatives
     labels[2, :] = -1  # nothing eligible
     labels[0, 100:] = -1  # ignored half of image 0 must never be drawn
-    pos, neg = sample_balanced(labels, batch_size_per_image=64, positive_fraction=0.25, generator=gen)
+    pos, neg, pos_index, pos_valid = sample_balanced(labels, batch_size_per_image=64, positive_fraction=0.25,
+                                                     generator=gen)
     assert pos.sum(1).tolist() == [10, 16, 0]
     assert neg.sum(1).tolist() == [54, 48, 0]
     assert not (pos | neg)[labels == -1].any()
     assert not (pos & neg).any()
     assert (labels[pos] >= 1).all() and (labels[neg] == 0).all()
+    # the index lists exactly the sampled positives, padded to 64 * 0.25 = 16 entries
+    assert pos_index.shape == (3, 16) and pos_valid.sum(1).tolist() == [10, 16, 0]
+    for image in range(3):
+        assert sorted(pos_index[image][pos_valid[image]].tolist()) == pos[image].nonzero().flatten().tolist()
 
 
 def test_sampler_is_uniform_over_positives():
@@ -89,7 +94,50 @@ def test_sampler_is_uniform_over_positives():
     gen = torch.Generator().manual_seed(0)
     hits = torch.zeros(40)
     for _ in range(400):
-        pos, _ = sample_balanced(labels, batch_size_per_image=20, positive_fraction=0.25, generator=gen)
+        pos, *_ = sample_balanced(labels, batch_size_per_image=20, positive_fraction=0.25, generator=gen)
         hits += pos[0].float()
     # each of the 20 positives is drawn with probability 5/20: expected 100 of 400 draws
     assert hits[:20].min() > 60 and hits[:20].max() < 140 and hits[20:].sum() == 0
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+@pytest.mark.parametrize("low_quality", [False, True])
+@pytest.mark.parametrize("thresholds", [(0.7, 0.3), (0.5, 0.5)])
+def test_sparse_anchor_matching_equals_torchvision_matcher(low_quality, thresholds, pruned):
+    """The RPN's path (non-zero grid-anchor IoUs only) against torchvision's Matcher on the
+    dense IoU of the same anchors, image by image. The boxes include ones larger than every
+    anchor (whose best IoU is shared by many anchors: ties), ones partly outside the image,
+    tiny ones, and an image without ground truth."""
+    from detector.anchors import AnchorGenerator
+    from detector.targets import label_sparse, matched_box
+
+    high, low = thresholds
+    generator = AnchorGenerator(sizes=[8, 16, 32, 64], aspect_ratios=[0.5, 1.0, 2.0], stride=8)
+    h, w = 12, 15
+    anchors = generator.grid_anchors(h, w, torch.device("cpu"), torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    gxy = torch.rand(4, 6, 2, generator=gen) * 100
+    gt = torch.cat((gxy, gxy + torch.rand(4, 6, 2, generator=gen) * 60 + 2), dim=-1)
+    gt[0, 0] = torch.tensor([0.0, 0.0, 120.0, 96.0])  # the whole image: many tied anchors
+    gt[1, 1] = torch.tensor([-30.0, 50.0, 20.0, 140.0])  # partly outside
+    gt[3, 2] = torch.tensor([40.0, 40.0, 41.0, 41.5])  # tiny
+    counts = torch.tensor([6, 3, 0, 4])
+    valid = torch.arange(6)[None, :] < counts[:, None]
+    overlaps = generator.nonzero_iou(gt, valid, h, w, low_threshold=low if pruned else None)
+    positive, negative, best = label_sparse(overlaps, valid, len(anchors), high_threshold=high,
+                                            low_threshold=low, allow_low_quality_matches=low_quality)
+    # in Matcher's terms: the matched box for positives, -1 below the low threshold, -2 between
+    ours = torch.where(positive, matched_box(best), torch.where(negative, -1, -2))
+    dense = match(batched_box_iou(anchors[None].expand(4, -1, -1), gt), valid, high_threshold=high,
+                  low_threshold=low, allow_low_quality_matches=low_quality)
+    assert torch.equal(ours, dense)
+    matcher = Matcher(high, low, allow_low_quality_matches=low_quality)
+    for i, count in enumerate(counts.tolist()):
+        if count == 0:
+            assert (ours[i] == -1).all()
+            continue
+        assert torch.equal(ours[i], matcher(torchvision.ops.box_iou(gt[i, :count], anchors)))
+    if low_quality:  # the whole-image box really produced a tie of several promoted anchors
+        assert (ours[0] == 0).sum() > 1
+    if pruned:  # small anchors inside the whole-image box were skipped
+        assert len(overlaps.iou) < len(generator.nonzero_iou(gt, valid, h, w).iou)

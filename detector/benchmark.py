@@ -1,0 +1,263 @@
+"""Benchmarks of our pipeline against torchvision's, on identical inputs, in one run.
+
+Each case runs in a fresh process (spawned), so its peak memory is its own: the peak resident
+set size above what the process held before the case started on the CPU, and
+``torch.cuda.max_memory_allocated`` on a GPU. Times are medians over repeats after warm-up;
+on a GPU each timed call ends with a synchronisation.
+
+Cases:
+- ``assignment``: target assignment of both stages, as the training step calls it. RPN: label
+  every anchor of the batch against padded ground truth, sample, encode. RoI heads: add the
+  ground truth to the proposals, label, sample, encode. torchvision's side is its own
+  ``RegionProposalNetwork.assign_targets_to_anchors`` + ``fg_bg_sampler`` + ``box_coder.encode``
+  and ``RoIHeads.select_training_samples`` (Matcher, BalancedPositiveNegativeSampler, BoxCoder).
+- ``train_step``: forward, backward and AdamW step of the whole detector, ours against
+  torchvision's ``FasterRCNN`` configured identically (:mod:`detector.reference`).
+- ``evaluation``: COCOeval and the VOC rule on the same detections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import multiprocessing
+import resource
+import time
+from typing import Any, Callable
+
+import torch
+
+from detector import config as config_lib
+from detector.anchors import AnchorGenerator
+from detector.config import Config
+
+ASSIGNMENT_IMAGE_SIZE = (800, 1333)  # (H, W): COCO's training size
+ASSIGNMENT_PROPOSALS = 2000  # torchvision's post-NMS proposals per image in training
+ASSIGNMENT_MAX_GT = 20  # ground-truth boxes per image drawn from 1..20 (COCO averages ~7)
+
+
+def run_isolated(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``function(*args)`` in a fresh spawned process; its result plus ``peak_memory_mb``."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_measured, (function, *args))
+
+
+def _measured(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    device = args[-1]
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        result = function(*args)
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return result
+    before = _resident_mb()
+    result = function(*args)
+    # ru_maxrss: the process's peak resident set in KiB (Linux)
+    result["peak_memory_mb"] = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+    return result
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _median_time(call: Callable[[], Any], device: str, repeats: int, warmup: int) -> float:
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        call()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def assignment_inputs(batch_size: int, device: str, seed: int = 0) -> dict[str, Any]:
+    """Anchors of an 800x1333 image on our stride-8 map, random ground truth and proposals."""
+    generator = torch.Generator().manual_seed(seed)
+    cfg = Config()
+    anchor_generator = AnchorGenerator(sizes=cfg.model.anchor_sizes, aspect_ratios=cfg.model.aspect_ratios, stride=8)
+    height, width = ASSIGNMENT_IMAGE_SIZE
+    anchors = anchor_generator.grid_anchors(height // 8, -(-width // 8), torch.device(device), torch.float32)
+
+    def random_boxes(count: int, low: float, high: float) -> torch.Tensor:
+        size = torch.empty(count, 2).uniform_(low, high, generator=generator)
+        corner = torch.rand(count, 2, generator=generator) * (torch.tensor([width, height]) - size)
+        return torch.cat((corner, corner + size), dim=1).to(device)
+
+    counts = torch.randint(1, ASSIGNMENT_MAX_GT + 1, (batch_size,), generator=generator).tolist()
+    targets = [{"boxes": random_boxes(c, 16, 400), "labels": torch.randint(1, 81, (c,), generator=generator).to(device)}
+               for c in counts]
+    proposals = [random_boxes(ASSIGNMENT_PROPOSALS, 8, 500) for _ in range(batch_size)]
+    return {"anchors": anchors, "targets": targets, "proposals": proposals}
+
+
+def ours_assignment(batch_size: int, repeats: int, device: str) -> dict[str, Any]:
+    from detector.model import FasterRCNN, build_model
+
+    torch.manual_seed(0)
+    inputs = assignment_inputs(batch_size, device)
+    model = build_model(Config(), num_classes=80).to(device)
+    rpn, heads = model.rpn, model.roi_heads
+    height, width = ASSIGNMENT_IMAGE_SIZE
+    feature_size = (height // 8, -(-width // 8))
+    gt_boxes, gt_labels, gt_valid = FasterRCNN.pad_targets(inputs["targets"], torch.device(device))
+    proposals = torch.stack(inputs["proposals"])  # (N, P, 4)
+    proposal_valid = torch.ones(proposals.shape[:2], dtype=torch.bool, device=device)
+
+    def call() -> None:
+        # RPN, as RegionProposalNetwork.losses does it (regression targets of the positives)
+        sample, positive_anchors, matched = rpn.sample_anchors(feature_size, gt_boxes, gt_valid)
+        rpn.coder.encode(matched, positive_anchors)
+        # RoI heads, as RoIHeads.forward does it in training
+        rois, _, roi_matched = heads.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
+        heads.coder.encode(roi_matched, rois)
+
+    return {"time_s": _median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
+
+
+def torchvision_assignment(batch_size: int, repeats: int, device: str) -> dict[str, Any]:
+    from detector.reference import TorchvisionFasterRCNN
+
+    torch.manual_seed(0)
+    inputs = assignment_inputs(batch_size, device)
+    detector = TorchvisionFasterRCNN(Config(), num_classes=80).detector.to(device)
+    rpn, heads = detector.rpn, detector.roi_heads
+    anchors = [inputs["anchors"]] * batch_size
+    targets = inputs["targets"]
+
+    def call() -> None:
+        # RPN, as RegionProposalNetwork.forward and compute_loss do it
+        labels, matched_gt_boxes = rpn.assign_targets_to_anchors(anchors, targets)
+        rpn.box_coder.encode(matched_gt_boxes, anchors)
+        rpn.fg_bg_sampler(labels)
+        # RoI heads: ground truth added, Matcher, sampler, BoxCoder
+        heads.select_training_samples([p.clone() for p in inputs["proposals"]], targets)
+
+    return {"time_s": _median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
+
+
+def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
+    """Median time of a full training step (forward, backward, AdamW) on the preset's batches."""
+    from detector.data import build_dataset, collate
+    from detector.model import build_model
+
+    cfg = config_lib.from_dict(cfg_dict)
+    cfg.model.implementation = implementation
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    dataset = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    size = cfg.data.batch_size
+    batches = []
+    for j in range(steps):
+        images, targets = collate([dataset[(j * size + i) % len(dataset)] for i in range(size)])
+        batches.append(([im.to(device) for im in images],
+                        [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, num_classes=len(dataset.class_names)).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
+    iterator = iter(batches * 2)
+
+    def call() -> None:
+        images, targets = next(iterator)
+        with torch.autocast(device.split(":")[0], dtype=autocast) if autocast else contextlib.nullcontext():
+            loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step_s = _median_time(call, device, repeats=steps - 2, warmup=2)
+    return {"step_s": step_s, "images_per_s": size / step_s, "batch_size": size,
+            "image_size": list(batches[0][0][0].shape[-2:])}
+
+
+def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
+    """COCOeval and the VOC rule timed on the same detections: the validation ground truth,
+    jittered, with random scores and 50 false positives per image (about the 100 detections
+    per image a trained model keeps)."""
+    from detector.data import build_dataset
+    from detector.evaluation import evaluate_coco, evaluate_voc
+
+    cfg = config_lib.from_dict(cfg_dict)
+    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    generator = torch.Generator().manual_seed(0)
+    results = []
+    category_ids = sorted(dataset.coco.getCatIds())
+    for image_id in dataset.image_ids:
+        info = dataset.coco.imgs[image_id]
+        for ann in dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=[image_id])):
+            x, y, w, h = ann["bbox"]
+            jitter = (torch.randn(4, generator=generator) * 0.05 * torch.tensor([w, h, w, h])).tolist()
+            results.append({"image_id": image_id, "category_id": ann["category_id"],
+                            "bbox": [x + jitter[0], y + jitter[1], max(1.0, w + jitter[2]), max(1.0, h + jitter[3])],
+                            "score": float(torch.rand((), generator=generator))})
+        for _ in range(50):
+            w, h = (torch.rand(2, generator=generator) * 0.4 * torch.tensor([info["width"], info["height"]]) + 4).tolist()
+            x, y = (torch.rand(2, generator=generator) * torch.tensor([info["width"] - w, info["height"] - h])).tolist()
+            results.append({"image_id": image_id, "category_id": category_ids[int(torch.randint(len(category_ids), (),
+                                                                                               generator=generator))],
+                            "bbox": [x, y, w, h], "score": float(torch.rand((), generator=generator)) * 0.5})
+    timings = {}
+    start = time.perf_counter()
+    coco = evaluate_coco(dataset.coco, results, dataset.class_names, dataset.label_to_category_id,
+                         image_ids=dataset.image_ids)
+    timings["cocoeval_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    voc = evaluate_voc(dataset.coco, results, image_ids=dataset.image_ids)
+    timings["voc_rule_s"] = time.perf_counter() - start
+    return {**timings, "images": len(dataset.image_ids), "detections": len(results),
+            "AP50_cocoeval": coco["stats"]["AP50"], "AP50_voc_rule": voc["voc_ap50"]}
+
+
+def gradient_stats(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
+    """Median training-step time, and the time of the gradient statistics of both heads."""
+    from detector.data import build_dataset, collate
+    from detector.model import build_model
+
+    cfg = config_lib.from_dict(cfg_dict)
+    dataset = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    size = cfg.data.batch_size
+    batches = [collate([dataset[(j * size + i) % len(dataset)] for i in range(size)]) for j in range(steps)]
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, num_classes=len(dataset.class_names)).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    step_times, stats_times = [], []
+    for images, targets in batches:
+        images = [im.to(device) for im in images]
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+        start = time.perf_counter()
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        stepped = time.perf_counter()
+        for probe in model.gradient_probes():
+            probe.statistics(0)
+        step_times.append(stepped - start)
+        stats_times.append(time.perf_counter() - stepped)
+    step = sorted(step_times[2:])[len(step_times[2:]) // 2]
+    stats = sorted(stats_times[2:])[len(stats_times[2:]) // 2]
+    every = cfg.train.log_every_n_steps
+    return {"step_s": step, "statistics_s": stats, "log_every_n_steps": every,
+            "overhead_when_logged": stats / step, "overhead_averaged": stats / step / every}
+
+
+def parity_configs(base: Config, out_dir: str) -> dict[str, Config]:
+    """Ours with ``--loss smooth_l1 --loss-args beta=0.111`` and torchvision's reference, same
+    preset, schedule and seed, as run directories ``parity-ours`` / ``parity-torchvision``."""
+    configs = {}
+    for implementation in ("ours", "torchvision"):
+        cfg = copy.deepcopy(base)
+        cfg.model.implementation = implementation
+        cfg.loss.name, cfg.loss.args, cfg.loss.weight = "smooth_l1", {"beta": 0.111}, None
+        cfg.loss.rpn_name, cfg.loss.rpn_args, cfg.loss.rpn_weight = None, {}, None
+        cfg.train.gradient_stats = implementation == "ours"
+        cfg.train.out_dir, cfg.train.run_name = out_dir, f"parity-{implementation}"
+        config_lib.validate(cfg)
+        configs[implementation] = cfg
+    return configs
