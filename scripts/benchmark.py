@@ -4,7 +4,7 @@
     python scripts/benchmark.py --device cuda --out reports/benchmark_cuda.json
     python scripts/benchmark.py --parity --out reports/parity.json
 
-Sections (--sections, default all but parity):
+Sections (--sections, default all):
   assignment      target assignment of both stages, ours vs torchvision's Matcher +
                   BalancedPositiveNegativeSampler + BoxCoder, batch 1/8/16/32, the anchors of
                   800x1333 images, identical inputs
@@ -12,9 +12,9 @@ Sections (--sections, default all but parity):
                   torchvision's FasterRCNN configured identically (detector/reference.py)
   evaluation      COCOeval vs the VOC rule on the same detections
   gradient-stats  the cost of the regression-gradient statistics relative to a step
---parity trains the preset with ours (--loss smooth_l1 --loss-args beta=0.111) and with
-torchvision's FasterRCNN, same schedule and seed, and compares their COCO AP. Finished parity
-runs in --runs-dir are reused.
+--parity (a mode of its own, instead of the sections) trains the preset with ours
+(--loss smooth_l1 --loss-args beta=0.111) and with torchvision's FasterRCNN, same schedule and
+seed, and compares their COCO AP. Finished parity runs in --runs-dir are reused.
 
 Every case runs in a fresh process, so each has its own peak memory.
 """
@@ -47,7 +47,8 @@ def main() -> int:
                         help="batch sizes of the assignment section")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (after warm-up)")
     parser.add_argument("--steps", type=int, default=12, help="training steps per train-step case (2 warm-up)")
-    parser.add_argument("--parity", action="store_true", help="also train both detectors and compare COCO AP")
+    parser.add_argument("--parity", action="store_true",
+                        help="instead of the sections: train both detectors on the preset and compare COCO AP")
     parser.add_argument("--runs-dir", default="runs/benchmark", help="run directories of the parity mode")
     args = parser.parse_args()
     cfg = config_from_args(args)
@@ -60,6 +61,9 @@ def main() -> int:
     result: dict = {"machine": {"device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
                                 "cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
                                 "torch": torch.__version__}}
+    if args.parity:
+        args.sections = []
+        result["parity"] = parity(cfg, Path(args.runs_dir))
     if "assignment" in args.sections:
         rows = []
         print(f"\n{'assignment':<12}{'batch':>6}{'anchors/img':>12}{'ours (ms)':>11}{'torchvision (ms)':>18}"
@@ -97,8 +101,6 @@ def main() -> int:
         result["gradient_stats"] = g
         print(f"\ngradient-stats: step {g['step_s'] * 1e3:.1f} ms, statistics {g['statistics_s'] * 1e3:.2f} ms: "
               f"{g['overhead_when_logged']:.2%} of a logged step, {g['overhead_averaged']:.3%} averaged", flush=True)
-    if args.parity:
-        result["parity"] = parity(cfg, Path(args.runs_dir))
     atomic_write_json(Path(args.out), result)
     print(json.dumps({"written": args.out}))
     return 0
