@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -36,6 +36,11 @@ class DetectorModule(pl.LightningModule):
         self.last_results: list[dict[str, Any]] = []
         self.last_metrics_step = -1
         self._val_detections: list[dict[str, Any]] = []
+        self.diverged: dict[str, Any] | None = None  # set at the first non-finite loss
+        self._last_finite_losses: dict[str, float] | None = None
+        self.stop_requested: Callable[[], bool] | None = None  # set by training.py (Ctrl-C, SIGTERM)
+        self.interrupted_at_step: int | None = None
+        self.interrupt_checkpoint: str | None = None  # where to save when a stop is requested
 
     @classmethod
     def from_config(cls, cfg: Config, dataset) -> "DetectorModule":
@@ -43,10 +48,22 @@ class DetectorModule(pl.LightningModule):
 
     # --- training ---------------------------------------------------------------------------
 
-    def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> Tensor | None:
         images, targets = batch
         losses = self.model(images, targets)
         total = sum(losses.values())
+        values = torch.stack([total.detach(), *(v.detach() for v in losses.values())])
+        # One host sync per step (NMS has one anyway): a non-finite loss must stop the run before
+        # its gradients reach the weights. Under DDP every rank must agree, or the others would
+        # wait forever in the gradient all-reduce.
+        finite = bool(self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(values).all()), all=True))
+        if not finite:
+            self.diverged = {"step": self.global_step, "epoch": self.current_epoch,
+                             "losses": {k: float(v) for k, v in zip(["loss", *losses], values.tolist())},
+                             "last_finite_losses": self._last_finite_losses}
+            self.trainer.should_stop = True
+            return None  # Lightning skips backward and the optimiser step
+        self._last_finite_losses = {k: float(v) for k, v in zip(["loss", *losses], values.tolist())}
         batch_size = len(images)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=False,
                       batch_size=batch_size)
@@ -56,12 +73,34 @@ class DetectorModule(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # global_step has advanced past the step whose backward the probes just saw.
         step = self.global_step - 1
-        if self.gradient_log is None or step % self.cfg.train.log_every_n_steps:
-            return
-        for probe in self.model.gradient_probes():
-            row = probe.statistics(step)
-            if row is not None:
-                self.gradient_log.write(row)
+        if self.gradient_log is not None and step % self.cfg.train.log_every_n_steps == 0 and self.diverged is None:
+            for probe in self.model.gradient_probes():
+                row = probe.statistics(step)
+                if row is not None:
+                    self.gradient_log.write(row)
+        requested = self.stop_requested is not None and self.stop_requested()
+        if self.trainer.strategy.reduce_boolean_decision(requested, all=False):  # any rank asked
+            # Between two steps the model, optimiser, schedule and loop counters agree, so a
+            # checkpoint written here resumes exactly where this run stopped.
+            self.interrupted_at_step = self.global_step
+            if self.interrupt_checkpoint is not None:
+                self.trainer.save_checkpoint(self.interrupt_checkpoint)
+            self.trainer.should_stop = True
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The RPN and RoI samplers draw from torch's global generator: a resumed run continues
+        # the same stream (Lightning restores model, optimiser, schedule and loop counters).
+        checkpoint["rng"] = {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     def configure_optimizers(self):
         t = self.cfg.train

@@ -32,6 +32,8 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
                           {"type": float}),
     "--batch-size": ("data.batch_size", "images per batch (per device)", {"type": int}),
     "--num-workers": ("data.num_workers", "DataLoader worker processes", {"type": int}),
+    "--skip-bad-images": ("data.skip_bad_images", "leave out images whose files are missing or cannot be decoded "
+                          "(counted in the log)", {"action": "store_const", "const": "true"}),
     "--backbone": ("model.backbone", "resnet18, resnet34 or resnet50", {}),
     "--weights": ("model.weights", "local torchvision-format ResNet state dict for the trunk", {}),
     "--epochs": ("train.epochs", "training epochs", {"type": int}),
@@ -88,10 +90,17 @@ def _parse_pairs(items: list[str], flag: str) -> dict:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a script's main: user errors print one clear line and exit with status 2."""
+    """Run a script's main: user errors (configuration, missing files, unusable dataset files)
+    print one clear line and exit with status 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         sys.exit(main() or 0)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        # A DataError can only exist once detector.data is loaded; importing it up front would
+        # cost the scripts that never read a dataset seconds of torch imports.
+        errors = sys.modules.get("detector.data.errors")
+        if not isinstance(exc, (ConfigError, FileNotFoundError) + ((errors.DataError,) if errors else ())):
+            raise
+        # One from a DataLoader worker carries the worker's traceback: show its message alone.
+        print(f"error: {errors.error_message(exc) if errors else exc}", file=sys.stderr)
         sys.exit(2)

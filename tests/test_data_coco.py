@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from detector.config import DataConfig
-from detector.data import CocoDetection, build_dataset
+from detector.data import CocoDetection, DataError, build_dataset
 
 TINY_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_coco"
 
@@ -153,7 +153,7 @@ def test_fixture_subsets(fixture_root):
 
 
 def test_unknown_category_lists_valid_names(fixture_root):
-    with pytest.raises(ValueError, match=r"'horse'.*valid names: cat, dog, bird"):
+    with pytest.raises(DataError, match=r"'horse'.*valid names: cat, dog, bird"):
         CocoDetection(fixture_root, "train", categories=["cat", "horse"])
 
 
@@ -170,10 +170,14 @@ def test_missing_paths_are_named(fixture_root, tmp_path):
 def test_missing_images_can_be_skipped(fixture_root, caplog):
     (fixture_root / "train" / "b.png").unlink()
     with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
-        ds = CocoDetection(fixture_root, "train", skip_missing_images=True)
+        ds = CocoDetection(fixture_root, "train", skip_bad_images=True)
     assert ds.image_ids == [2, 9] and sorted(ds.coco.getImgIds()) == [2, 9]
     assert all(a["image_id"] != 5 for a in ds.coco.dataset["annotations"])
-    assert any("b.png" in r.getMessage() for r in caplog.records)
+    ann_file = fixture_root / "annotations" / "instances_train.json"
+    assert [r.getMessage() for r in caplog.records if "leaving out" in r.getMessage()] == [
+        f"{ann_file}: leaving out 1 of 3 images whose files are missing or cannot be decoded "
+        f"(first: image file not found: {fixture_root / 'train' / 'b.png'})"
+    ]
 
 
 def test_image_deleted_after_indexing_is_named(fixture_root):
@@ -185,21 +189,24 @@ def test_image_deleted_after_indexing_is_named(fixture_root):
 
 def test_image_size_mismatch_is_reported(fixture_root):
     Image.new("RGB", (41, 30)).save(fixture_root / "train" / "a.png")
-    with pytest.raises(ValueError, match=r"a\.png.*41x30.*40x30"):
+    ann_file = fixture_root / "annotations" / "instances_train.json"
+    with pytest.raises(DataError) as info:
         CocoDetection(fixture_root, "train")[0]
+    assert str(info.value) == f"{fixture_root / 'train' / 'a.png'}: image is 41x30 pixels but {ann_file} says 40x30"
 
 
 @pytest.mark.parametrize("text, message", [
     ('{"images": [', "not valid JSON"),
     ('{"images": []}', "not a COCO instances file"),
     ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "'images' needs id, file_name"),
-    ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2]}],'
-     ' "categories": []}', "expected \\[x, y, w, h\\]"),
+    ('{"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], "annotations": [{"id": 1,'
+     ' "image_id": 1, "category_id": 1, "bbox": [1, 2]}], "categories": [{"id": 1, "name": "cat"}]}',
+     "annotation 1: 'bbox' is \\[1, 2\\]; expected \\[x, y, w, h\\], 4 finite numbers"),
 ])
 def test_malformed_json_names_the_file(fixture_root, text, message):
     path = fixture_root / "annotations" / "instances_train.json"
     path.write_text(text)
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(DataError, match=message) as info:
         CocoDetection(fixture_root, "train")
     assert str(path) in str(info.value)
 

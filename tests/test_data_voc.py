@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from detector.config import DataConfig
-from detector.data import VocDetection, build_dataset
+from detector.data import DataError, VocDetection, build_dataset
 from detector.data.voc import VOC_CLASSES
 
 
@@ -95,13 +95,13 @@ def test_category_subset_skips_other_objects(voc_root):
 def test_unknown_class_names_the_file_and_class(voc_root):
     xml = voc_root / "Annotations" / "000007.xml"
     xml.write_text(_annotation("000007", 32, 24, [_object("unicorn", (1, 1, 5, 5))]))
-    with pytest.raises(ValueError, match="unicorn") as info:
+    with pytest.raises(DataError, match="unknown class 'unicorn'; VOC classes: aeroplane, bicycle") as info:
         VocDetection(voc_root, "train")
     assert str(xml) in str(info.value)
 
 
 def test_unknown_requested_category_lists_valid_names(voc_root):
-    with pytest.raises(ValueError, match="'people'.*valid names: aeroplane, bicycle"):
+    with pytest.raises(DataError, match="'people'.*valid names: aeroplane, bicycle"):
         VocDetection(voc_root, "train", categories=["people"])
 
 
@@ -115,7 +115,7 @@ def test_unknown_requested_category_lists_valid_names(voc_root):
 def test_malformed_xml_names_the_file(voc_root, text, message):
     xml = voc_root / "Annotations" / "000009.xml"
     xml.write_text(text)
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(DataError, match=message) as info:
         VocDetection(voc_root, "train")
     assert str(xml) in str(info.value)
 
@@ -128,13 +128,16 @@ def test_missing_files_are_named(voc_root, tmp_path, caplog):
     (voc_root / "JPEGImages" / "000007.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"000007\.jpg"):
         VocDetection(voc_root, "train")
-    with caplog.at_level(logging.WARNING, logger="detector.data.voc"):
-        ds = VocDetection(voc_root, "train", skip_missing_images=True)
+    with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
+        ds = VocDetection(voc_root, "train", skip_bad_images=True)
     assert ds.image_ids == [1, 3] and sorted(ds.coco.getImgIds()) == [1, 3]
-    assert any("000007.jpg" in r.getMessage() for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records if "leaving out" in r.getMessage()] == [
+        f"{voc_root / 'ImageSets' / 'Main' / 'train.txt'}: leaving out 1 of 3 images whose files are missing or "
+        f"cannot be decoded (first: image file not found: {voc_root / 'JPEGImages' / '000007.jpg'})"
+    ]
     (voc_root / "Annotations" / "000009.xml").unlink()
     with pytest.raises(FileNotFoundError, match=r"000009\.xml"):  # never skipped: the image is there
-        VocDetection(voc_root, "train", skip_missing_images=True)
+        VocDetection(voc_root, "train", skip_bad_images=True)
 
 
 def test_build_dataset_reads_voc_with_flip(voc_root):

@@ -14,6 +14,9 @@ Every dataset carries two views of the same annotations:
 - ``coco``: an in-memory pycocotools ground truth restricted to this dataset's images and
   categories, with crowd annotations kept (COCOeval ignores detections matched to them), which
   the evaluator hands to COCOeval unchanged.
+
+Unusable files are errors that name the file and the problem: DataError for a malformed or
+inconsistent instances file or an undecodable image, FileNotFoundError for a missing one.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
+import re
+import struct
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,9 +42,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
+from detector.data.errors import DataError
+
 logger = logging.getLogger(__name__)
 
-Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, float]]  # (image, boxes) -> (image, boxes, scale)
+# (image, boxes, generator for random choices) -> (image, boxes, scale)
+Transform = Callable[[Tensor, Tensor, "torch.Generator | None"], tuple[Tensor, Tensor, float]]
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ class ImageRecord:
     image_id: int
     height: int
     width: int
-    boxes: np.ndarray  # (G, 4) float32 xyxy, absolute pixels of the stored image
+    boxes: np.ndarray  # (G, 4) float32 xyxy, absolute pixels of the stored image (readers may pass float64)
     labels: np.ndarray  # (G,) int64 in 1..K
 
 
@@ -56,6 +67,7 @@ class DetectionDataset(Dataset):
 
     Subclasses parse their annotation format into ``records`` and a COCO-format ground-truth
     dict; this class cleans the training boxes, builds the pycocotools object and decodes.
+    ``source`` is the annotation file that log lines and errors name.
     """
 
     def __init__(
@@ -69,6 +81,7 @@ class DetectionDataset(Dataset):
         source: str,
     ):
         self.records = _clean_boxes(records, source)
+        self.source = source
         self.class_names = list(class_names)
         self.label_to_category_id = dict(label_to_category_id)
         self.image_ids = [record.image_id for record in self.records]
@@ -81,24 +94,31 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        """Returns image uint8 (3, H, W) and a target dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
+        """``key``: an index, or (index, draw) from :class:`~detector.data.sampler.EpochSampler`,
+        whose draw seeds this image's random augmentation. Returns image uint8 (3, H, W) and a
+        target dict:
 
         boxes float32 (G, 4) xyxy in pixels of the returned image; labels int64 (G,) in 1..K;
         image_id (the id in ``coco``); scale (returned size / stored size, 1.0 without
         resizing); orig_size (h, w) of the stored image.
         """
+        index, draw = key if isinstance(key, tuple) else (key, None)
         record = self.records[index]
-        image = _decode(record.path)
+        try:
+            image = load_image(record.path)
+        except DataError as exc:
+            raise DataError(f"{exc} (set data.skip_bad_images=true to leave out such images)") from None
         if tuple(image.shape[-2:]) != (record.height, record.width):
-            raise ValueError(
-                f"{record.path}: image is {image.shape[-1]}x{image.shape[-2]} pixels but its "
-                f"annotations say {record.width}x{record.height}"
+            raise DataError(
+                f"{record.path}: image is {image.shape[-1]}x{image.shape[-2]} pixels but "
+                f"{self.annotation_file(record)} says {record.width}x{record.height}"
             )
         boxes = torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4)  # a copy: never alias the records
         scale = 1.0
         if self.transform is not None:
-            image, boxes, scale = self.transform(image, boxes)
+            generator = torch.Generator().manual_seed(draw) if draw is not None else None
+            image, boxes, scale = self.transform(image, boxes, generator)
         target = {
             "boxes": boxes,
             "labels": torch.tensor(record.labels, dtype=torch.int64),
@@ -107,6 +127,10 @@ class DetectionDataset(Dataset):
             "orig_size": (record.height, record.width),
         }
         return image, target
+
+    def annotation_file(self, record: ImageRecord) -> str:
+        """The file that holds ``record``'s annotations."""
+        return self.source
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} images, {len(self.class_names)} classes, "
@@ -119,8 +143,9 @@ class CocoDetection(DetectionDataset):
 
     ``categories``: subset of category names (empty = all). Contiguous labels 1..K follow
     ascending category id. ``max_images``: keep the first N image ids in ascending order.
-    Images without (selected) annotations stay in as negatives. ``skip_missing_images``: leave
-    out images whose file is missing, with a warning, instead of raising FileNotFoundError.
+    Images without (selected) annotations stay in as negatives. A missing image file is a
+    FileNotFoundError; with ``skip_bad_images`` every image is decoded once instead, and those
+    missing or undecodable are left out with a warning.
     """
 
     def __init__(
@@ -131,23 +156,27 @@ class CocoDetection(DetectionDataset):
         categories: Sequence[str] = (),
         max_images: int | None = None,
         transform: Transform | None = None,
-        skip_missing_images: bool = False,
+        skip_bad_images: bool = False,
     ):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"COCO dataset folder not found: {root}")
         ann_file = root / "annotations" / f"instances_{split}.json"
         if not ann_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
+            raise FileNotFoundError(f"COCO annotation file not found: {ann_file}{_available_splits(root)}")
         image_dir = root / split
         if not image_dir.is_dir():
             raise FileNotFoundError(f"COCO image folder not found: {image_dir}")
         data = _load_json(ann_file)
         cats, images, annotations = _select(data, categories, max_images, ann_file)
 
-        images = _drop_missing(images, image_dir, skip_missing_images, ann_file)
-        kept_ids = {image["id"] for image in images}
-        annotations = [ann for ann in annotations if ann["image_id"] in kept_ids]
+        if skip_bad_images:
+            bad = find_bad_images([image_dir / image["file_name"] for image in images], str(ann_file))
+            images = [image for image in images if str(image_dir / image["file_name"]) not in bad]
+            kept_ids = {image["id"] for image in images}
+            annotations = [ann for ann in annotations if ann["image_id"] in kept_ids]
+        else:
+            _require_files(images, image_dir, ann_file)
 
         label_of = {cat["id"]: label for label, cat in enumerate(cats, start=1)}
         per_image: dict[int, list[dict]] = {image["id"]: [] for image in images}
@@ -157,14 +186,14 @@ class CocoDetection(DetectionDataset):
         records = []
         for image in images:
             anns = per_image[image["id"]]
-            # float64 until the sum, so x + w is the float32 nearest to the true corner.
+            # float64 until clipped, so x + w rounds once, to the float32 nearest the true corner.
             xywh = np.array([ann["bbox"] for ann in anns], dtype=np.float64).reshape(-1, 4)
             records.append(ImageRecord(
                 path=str(image_dir / image["file_name"]),
                 image_id=image["id"],
                 height=int(image["height"]),
                 width=int(image["width"]),
-                boxes=np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32),
+                boxes=np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
                 labels=np.array([label_of[ann["category_id"]] for ann in anns], dtype=np.int64),
             ))
         super().__init__(
@@ -180,17 +209,42 @@ class CocoDetection(DetectionDataset):
 # ----------------------------------------------------------------------------- helpers
 
 
+# A side beyond PNG's limit (JPEG stops at 65535) is a corrupt value, not an image.
+MAX_IMAGE_SIDE = 2**31 - 1
+
+
 def select_categories(requested: Sequence[str], available: Sequence[str], source: str) -> set[str]:
     """Validate a category subset by name; empty means all. Errors list the valid names."""
     if not requested:
         return set(available)
     unknown = [name for name in requested if name not in available]
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))} "
             f"for {source}; valid names: {', '.join(available)}"
         )
     return set(requested)
+
+
+def _is_finite_number(value: Any) -> bool:
+    """An int or a float (not a bool) that is finite as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _available_splits(root: Path) -> str:
+    """A hint for a mistyped split: the splits that ``root/annotations`` holds."""
+    splits = sorted(path.name[len("instances_"):-len(".json")]
+                    for path in (root / "annotations").glob("instances_*.json"))
+    return f" (splits found: {', '.join(splits)})" if splits else ""
 
 
 # Fields this reader and pycocotools rely on, per section of an instances file.
@@ -202,23 +256,68 @@ _REQUIRED_FIELDS = {
 
 
 def _load_json(path: Path) -> dict:
-    """Read an instances file; any structural problem is a ValueError naming the file."""
+    """Read an instances file; any structural problem is a DataError naming the file."""
     try:
         with open(path, "rb") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad syntax or UTF-8, a 5000-digit int, deep nesting
+        raise DataError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in _REQUIRED_FIELDS):
-        raise ValueError(f"{path}: not a COCO instances file (needs lists {', '.join(_REQUIRED_FIELDS)})")
+        raise DataError(f"{path}: not a COCO instances file (needs lists {', '.join(_REQUIRED_FIELDS)})")
     for key, fields in _REQUIRED_FIELDS.items():
         for entry in data[key]:
             if not isinstance(entry, dict) or any(name not in entry for name in fields):
-                raise ValueError(f"{path}: every entry of '{key}' needs {', '.join(fields)}; got {entry!r:.200}")
-    for ann in data["annotations"]:
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise ValueError(f"{path}: annotation {ann['id']} has bbox {bbox!r}; expected [x, y, w, h]")
+                raise DataError(f"{path}: every entry of '{key}' needs {', '.join(fields)}; got {entry!r:.200}")
+    if not data["images"]:
+        raise DataError(f"{path}: lists no images")
+    _check_fields(data, path)
     return data
+
+
+def _check_fields(data: dict, path: Path) -> None:
+    """Types, unique ids and cross-references; a failure names the entry (by its id once that
+    is valid) and the field."""
+
+    def wrong(entry: str, field: str, value: Any, expected: str) -> DataError:
+        return DataError(f"{path}: {entry}: '{field}' is {value!r:.100}; expected {expected}")
+
+    def unique_ids(key: str, singular: str) -> set[int]:
+        seen: set[int] = set()
+        for index, entry in enumerate(data[key]):
+            if not _is_int(entry["id"]):
+                raise wrong(f"{key}[{index}]", "id", entry["id"], "an integer")
+            if entry["id"] in seen:
+                raise DataError(f"{path}: {singular} id {entry['id']} occurs more than once in '{key}'")
+            seen.add(entry["id"])
+        return seen
+
+    category_ids = unique_ids("categories", "category")
+    image_ids = unique_ids("images", "image")
+    unique_ids("annotations", "annotation")  # pycocotools keeps one annotation per id
+    for cat in data["categories"]:
+        if not isinstance(cat["name"], str):
+            raise wrong(f"category {cat['id']}", "name", cat["name"], "a string")
+    for image in data["images"]:
+        name = image["file_name"]
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise wrong(f"image {image['id']}", "file_name", name, "a file name")
+        for side in ("width", "height"):
+            value = image[side]
+            if not (_is_finite_number(value) and value == int(value) and 1 <= value <= MAX_IMAGE_SIDE):
+                raise wrong(f"image {image['id']}", side, value, f"a whole number of pixels from 1 to {MAX_IMAGE_SIDE}")
+    for ann in data["annotations"]:
+        entry = f"annotation {ann['id']}"
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_finite_number, bbox))):
+            raise wrong(entry, "bbox", bbox, "[x, y, w, h], 4 finite numbers")
+        if not (_is_int(ann["image_id"]) and ann["image_id"] in image_ids):
+            raise wrong(entry, "image_id", ann["image_id"], "the id of an entry of 'images'")
+        if not (_is_int(ann["category_id"]) and ann["category_id"] in category_ids):
+            raise wrong(entry, "category_id", ann["category_id"], "the id of an entry of 'categories'")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise wrong(entry, "iscrowd", ann["iscrowd"], "0 or 1")
+        if "area" in ann and not _is_finite_number(ann["area"]):
+            raise wrong(entry, "area", ann["area"], "a finite number")
 
 
 def _select(data: dict, categories: Sequence[str], max_images: int | None,
@@ -244,23 +343,41 @@ def _select(data: dict, categories: Sequence[str], max_images: int | None,
     return cats, images, annotations
 
 
-def _drop_missing(images: list[dict], image_dir: Path, skip: bool, ann_file: Path) -> list[dict]:
-    """Check every image file exists (one directory listing, not a stat per file)."""
+def _require_files(images: list[dict], image_dir: Path, ann_file: Path) -> None:
+    """Every image file must exist (one directory listing, not a stat per file)."""
     listed = set(os.listdir(image_dir))
     missing = [image for image in images
                if not (image["file_name"] in listed or (image_dir / image["file_name"]).is_file())]
-    if not missing:
-        return images
-    first = image_dir / missing[0]["file_name"]
-    if not skip:
+    if missing:
         raise FileNotFoundError(
-            f"image file not found: {first} ({len(missing)} of {len(images)} images listed in "
-            f"{ann_file} are missing; set data.skip_bad_images=true to leave them out)"
+            f"image file not found: {image_dir / missing[0]['file_name']} ({len(missing)} of {len(images)} "
+            f"images listed in {ann_file} are missing; set data.skip_bad_images=true to leave them out)"
         )
-    logger.warning("%s: leaving out %d of %d images whose files are missing (first: %s)",
-                   ann_file, len(missing), len(images), first)
-    missing_ids = {image["id"] for image in missing}
-    return [image for image in images if image["id"] not in missing_ids]
+
+
+_PROGRESS_EVERY_S = 30.0
+
+
+def find_bad_images(paths: Sequence[Path], source: str) -> set[str]:
+    """Decode every image once; returns the paths of those missing or undecodable, counted in
+    one warning that shows the first problem. When none is readable: DataError."""
+    problems: dict[str, str] = {}
+    reported = time.monotonic()
+    for done, path in enumerate(paths, start=1):
+        try:
+            load_image(str(path))
+        except (DataError, FileNotFoundError) as exc:
+            problems[str(path)] = str(exc)
+        if time.monotonic() - reported > _PROGRESS_EVERY_S:
+            logger.info("%s: checked %d of %d images", source, done, len(paths))
+            reported = time.monotonic()
+    if problems:
+        first = next(iter(problems.values()))
+        if len(problems) == len(paths):
+            raise DataError(f"{source}: none of its {len(paths)} images can be read (first: {first})")
+        logger.warning("%s: leaving out %d of %d images whose files are missing or cannot be decoded "
+                       "(first: %s)", source, len(problems), len(paths), first)
+    return set(problems)
 
 
 def _clean_boxes(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
@@ -270,9 +387,11 @@ def _clean_boxes(records: Sequence[ImageRecord], source: str) -> list[ImageRecor
     """
     cleaned, dropped, files = [], 0, []
     for record in records:
-        boxes = record.boxes.copy()
+        # Clipped in float64: a huge coordinate would overflow float32 to inf.
+        boxes = record.boxes.astype(np.float64)
         np.clip(boxes[:, 0::2], 0, record.width, out=boxes[:, 0::2])
         np.clip(boxes[:, 1::2], 0, record.height, out=boxes[:, 1::2])
+        boxes = boxes.astype(np.float32)
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if not valid.all():
             dropped += int((~valid).sum())
@@ -286,13 +405,49 @@ def _clean_boxes(records: Sequence[ImageRecord], source: str) -> list[ImageRecor
     return cleaned
 
 
-def _decode(path: str) -> Tensor:
-    """Decode to uint8 (3, H, W) RGB, naming the file in any error."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# torchvision's errors start with the C++ function and source line: "decode_jpeg, /.../decode_jpeg.cpp:171, ".
+_CPP_LOCATION = re.compile(r"^[^,\n]*, \S+\.(?:cpp|h):\d+, ")
+
+
+def load_image(path: str) -> Tensor:
+    """Decode to uint8 (3, H, W) RGB. A missing file is a FileNotFoundError, any other problem
+    a DataError, both naming the file."""
     try:
-        return decode_image(path, mode=ImageReadMode.RGB)
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
-    except RuntimeError as exc:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file not found: {path}") from None
-        raise RuntimeError(f"{path}: cannot decode image: {exc}") from exc
+    except (OSError, ValueError) as exc:  # a folder, no permission, a NUL in the name
+        raise DataError(f"{path}: cannot read image: {getattr(exc, 'strerror', None) or exc}") from None
+    problem = "the file is empty" if not data else _png_problem(data) if data.startswith(_PNG_SIGNATURE) else None
+    if problem is None:
+        try:
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError as exc:
+            problem = _CPP_LOCATION.sub("", str(exc))
+    raise DataError(f"{path}: cannot decode image: {problem}")
+
+
+def _png_problem(data: bytes) -> str | None:
+    """What is wrong with a PNG's chunk structure (lengths, types, CRCs, the final IEND), or None.
+
+    torchvision 0.29's decode_png crashes the process (segfault) when libpng reports damage
+    inside the pixel data, as one flipped byte causes; the chunk CRCs reveal such damage first.
+    A PNG crafted with valid CRCs around a broken zlib stream would still crash it.
+    """
+    view = memoryview(data)
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length  # length, type, data, CRC
+        if end > len(data):
+            break
+        if not kind.isalpha():
+            return f"invalid PNG chunk type {kind!r} at byte {pos + 4}"
+        if zlib.crc32(view[pos + 4:end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+            return f"PNG chunk {kind.decode()} at byte {pos} is corrupt (CRC mismatch)"
+        if kind == b"IEND":
+            return None
+        pos = end
+    return "the PNG file is truncated (it ends before its IEND chunk)"

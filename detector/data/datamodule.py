@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from detector.config import DataConfig
 from detector.data.coco import CocoDetection, DetectionDataset
 from detector.data.noise import corrupt_boxes
+from detector.data.sampler import EpochSampler
 from detector.data.shapes import ensure_shapes
 from detector.data.transforms import DetectionTransform
 from detector.data.voc import VocDetection
@@ -36,7 +37,7 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
     else:
         max_images = None
     options = dict(categories=cfg.categories, max_images=max_images, transform=transform,
-                   skip_missing_images=cfg.skip_bad_images)
+                   skip_bad_images=cfg.skip_bad_images)
     if cfg.name == "shapes":
         ensure_shapes(cfg.root, image_size=cfg.shapes_image_size, num_train=cfg.shapes_num_train,
                       num_val=cfg.shapes_num_val, seed=cfg.shapes_seed)
@@ -61,11 +62,14 @@ def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[list[Tensor], l
 class DetectionDataModule(pl.LightningDataModule):
     """Training (flip + resize) and validation (resize only) datasets and their loaders."""
 
-    def __init__(self, cfg: DataConfig):
+    def __init__(self, cfg: DataConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.seed = seed  # the training order and flips are functions of (seed, epoch)
         self.train_dataset: DetectionDataset | None = None
         self.val_dataset: DetectionDataset | None = None
+        # Set when resuming: the epoch in progress skips the batches already trained on.
+        self.resume_global_step = 0
 
     def prepare_data(self) -> None:
         # Lightning runs this on one process per node before setup() runs on every rank, so
@@ -82,7 +86,11 @@ class DetectionDataModule(pl.LightningDataModule):
             self.val_dataset = build_dataset(self.cfg, self.cfg.val_split, train=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
+        loader = self._loader(self.train_dataset, shuffle=True)
+        steps_per_epoch = len(loader)
+        if self.resume_global_step % steps_per_epoch:
+            loader.sampler.skip_next(self.resume_global_step % steps_per_epoch * self.cfg.batch_size)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, shuffle=False)
@@ -90,10 +98,15 @@ class DetectionDataModule(pl.LightningDataModule):
     def _loader(self, dataset: DetectionDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("DetectionDataModule.setup() must run before its dataloaders are requested")
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size,
-            shuffle=shuffle,
+            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world_size),
+            # Creating an iterator draws a seed from this generator; from the global one it would
+            # shift the samplers' random stream by a draw per epoch, and a resumed run's with it.
+            generator=torch.Generator().manual_seed(self.seed),
             drop_last=False,
             num_workers=self.cfg.num_workers,
             collate_fn=collate,

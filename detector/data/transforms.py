@@ -55,8 +55,9 @@ def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
 class DetectionTransform:
     """Resize, then (when ``hflip``) mirror with probability 0.5.
 
-    The coin flip uses torch's global generator, which DataLoader seeds differently in every
-    worker and reproducibly under a fixed seed.
+    The coin flip draws from ``generator``, which the dataset seeds per image and epoch from
+    the sampler (detector/data/sampler.py), so it does not depend on worker processes; without
+    one it draws from torch's global generator.
     """
 
     def __init__(self, *, min_size: int | None = None, max_size: int | None = None, hflip: bool = False):
@@ -64,9 +65,10 @@ class DetectionTransform:
         self.max_size = max_size
         self.hflip = hflip
 
-    def __call__(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, float]:
+    def __call__(self, image: Tensor, boxes: Tensor,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, float]:
         image, boxes, scale = resize(image, boxes, self.min_size, self.max_size)
-        if self.hflip and torch.rand(()) < 0.5:
+        if self.hflip and torch.rand((), generator=generator) < 0.5:
             image, boxes = hflip(image, boxes)
         return image, boxes, scale
 

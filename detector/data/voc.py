@@ -14,7 +14,7 @@ Conventions (documented in data/README.md):
 
 from __future__ import annotations
 
-import logging
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
@@ -22,9 +22,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from detector.data.coco import DetectionDataset, ImageRecord, Transform, select_categories
-
-logger = logging.getLogger(__name__)
+from detector.data.coco import (
+    MAX_IMAGE_SIDE, DetectionDataset, ImageRecord, Transform, find_bad_images, select_categories,
+)
+from detector.data.errors import DataError
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -38,7 +39,8 @@ class VocDetection(DetectionDataset):
 
     ``categories``: subset of VOC class names (empty = all 20); labels 1..K follow the standard
     VOC order, and objects of other classes are skipped. ``max_images``: the first N ids of the
-    split file. ``skip_missing_images``: leave out ids whose JPEG is missing, with a warning.
+    split file. A missing JPEG is a FileNotFoundError; with ``skip_bad_images`` every image is
+    decoded once instead, and ids whose JPEG is missing or undecodable are left out with a warning.
     """
 
     def __init__(
@@ -49,7 +51,7 @@ class VocDetection(DetectionDataset):
         categories: Sequence[str] = (),
         max_images: int | None = None,
         transform: Transform | None = None,
-        skip_missing_images: bool = False,
+        skip_bad_images: bool = False,
     ):
         root = Path(root)
         if not root.is_dir():
@@ -57,8 +59,7 @@ class VocDetection(DetectionDataset):
         split_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise FileNotFoundError(f"VOC split file not found: {split_file}")
-        # Class-specific split files carry a second column (id, 1/-1); the id is always first.
-        names = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        names = _read_split(split_file)
         if max_images is not None:
             names = names[:max_images]
 
@@ -67,19 +68,21 @@ class VocDetection(DetectionDataset):
         label_of = {name: label for label, name in enumerate(classes, start=1)}
         category_of = {name: VOC_CLASSES.index(name) + 1 for name in classes}
 
-        records, images, annotations, missing = [], [], [], []
-        for line_number, name in enumerate(names, start=1):
-            image_path = root / "JPEGImages" / f"{name}.jpg"
-            if not image_path.is_file():
-                if not skip_missing_images:
-                    raise FileNotFoundError(
-                        f"image file not found: {image_path} (listed in {split_file}; set "
-                        f"data.skip_bad_images=true to leave out missing images)"
-                    )
-                missing.append(image_path)
+        image_paths = [root / "JPEGImages" / f"{name}.jpg" for name in names]
+        bad = find_bad_images(image_paths, str(split_file)) if skip_bad_images else set()
+        records, images, annotations = [], [], []
+        self._xml_files: dict[int, str] = {}
+        for line_number, (name, image_path) in enumerate(zip(names, image_paths), start=1):
+            if str(image_path) in bad:
                 continue
+            if not image_path.is_file():
+                raise FileNotFoundError(
+                    f"image file not found: {image_path} (listed in {split_file}; set "
+                    f"data.skip_bad_images=true to leave out missing images)"
+                )
             xml_path = root / "Annotations" / f"{name}.xml"
             width, height, objects = parse_annotation(xml_path, image_path)
+            self._xml_files[line_number] = str(xml_path)
             images.append({"id": line_number, "file_name": image_path.name, "width": width, "height": height})
             boxes, labels = [], []
             for class_name, difficult, box in objects:
@@ -102,13 +105,9 @@ class VocDetection(DetectionDataset):
                 image_id=line_number,
                 height=height,
                 width=width,
-                boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
+                boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4),
                 labels=np.array(labels, dtype=np.int64),
             ))
-        if missing:
-            logger.warning(
-                "%s: leaving out %d of %d images whose files are missing (first: %s)",
-                split_file, len(missing), len(names), missing[0])
 
         super().__init__(
             records=records,
@@ -123,43 +122,78 @@ class VocDetection(DetectionDataset):
             source=str(split_file),
         )
 
+    def annotation_file(self, record: ImageRecord) -> str:
+        return self._xml_files[record.image_id]
+
+
+def _read_split(split_file: Path) -> list[str]:
+    """The image ids of a split file. Class-specific split files carry a second column
+    (id, 1/-1); the id is always first."""
+    try:
+        lines = split_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{split_file}: not a text file of image ids: {exc}") from None
+    names = [line.split()[0] for line in lines if line.strip()]
+    if not names:
+        raise DataError(f"{split_file}: lists no image ids")
+    return names
+
 
 def parse_annotation(xml_path: Path, image_path: Path) -> tuple[int, int, list[tuple[str, bool, list[float]]]]:
     """Parse one VOC XML: returns (width, height, [(class name, difficult, [x1, y1, x2, y2])]).
 
     Every object's class must be one of the 20 VOC classes. The image size comes from
-    ``<size>``, or from the image header when the XML leaves it out or gives 0.
+    ``<size>``, or from the image header when the XML leaves it out or gives 0. Any problem is
+    a DataError naming the file.
     """
     if not xml_path.is_file():
         raise FileNotFoundError(f"VOC annotation file not found: {xml_path}")
     try:
+        # expat refuses entity expansions that amplify the input (billion laughs) as a ParseError.
         annotation = ET.parse(xml_path).getroot()
-    except ET.ParseError as exc:
-        raise ValueError(f"{xml_path}: malformed XML: {exc}") from None
-    width = int(_number(annotation, "size/width", xml_path, default=0))
-    height = int(_number(annotation, "size/height", xml_path, default=0))
+    except (ET.ParseError, LookupError) as exc:  # LookupError: an unknown encoding in <?xml ...?>
+        raise DataError(f"{xml_path}: malformed XML: {exc}") from None
+    if annotation.tag != "annotation":
+        raise DataError(f"{xml_path}: not a VOC annotation: the root element is <{annotation.tag:.50}>, "
+                        f"not <annotation>")
+    width = _side(annotation, "size/width", xml_path)
+    height = _side(annotation, "size/height", xml_path)
     objects = []
     for obj in annotation.findall("object"):
         class_name = (obj.findtext("name") or "").strip()
         if class_name not in VOC_CLASSES:
-            raise ValueError(f"{xml_path}: unknown class '{class_name}'; VOC classes: {', '.join(VOC_CLASSES)}")
+            raise DataError(f"{xml_path}: unknown class {class_name!r:.100}; VOC classes: {', '.join(VOC_CLASSES)}")
         difficult = _number(obj, "difficult", xml_path, default=0) == 1
         box = [_number(obj, f"bndbox/{key}", xml_path) for key in ("xmin", "ymin", "xmax", "ymax")]
         objects.append((class_name, difficult, box))
-    if width <= 0 or height <= 0:
-        with Image.open(image_path) as image:  # reads the header only
-            width, height = image.size
+    if width == 0 or height == 0:
+        try:
+            with Image.open(image_path) as image:  # reads the header only
+                width, height = image.size
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{image_path}: cannot read the image size, which {xml_path} leaves out: {exc}") from None
     return width, height, objects
 
 
+def _side(element: ET.Element, path: str, xml_path: Path) -> int:
+    """An image side in pixels; 0 when the XML leaves it out."""
+    value = _number(element, path, xml_path, default=0)
+    if value != int(value) or not 0 <= value <= MAX_IMAGE_SIDE:
+        raise DataError(f"{xml_path}: <{path}> is {value:g}; expected a whole number of pixels")
+    return int(value)
+
+
 def _number(element: ET.Element, path: str, xml_path: Path, default: float | None = None) -> float:
-    """The number in ``element``'s child at ``path``; missing or not numeric -> ValueError."""
+    """The finite number in ``element``'s child at ``path``; missing or not one -> DataError."""
     text = element.findtext(path)
     if text is None or not text.strip():
         if default is None:
-            raise ValueError(f"{xml_path}: an object is missing <{path}>")
+            raise DataError(f"{xml_path}: an object is missing <{path}>")
         return default
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ValueError(f"{xml_path}: <{path}> is {text.strip()!r}, not a number") from None
+        raise DataError(f"{xml_path}: <{path}> is {text.strip()!r:.100}, not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{xml_path}: <{path}> is {text.strip()!r:.100}, not a finite number")
+    return value

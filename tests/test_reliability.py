@@ -1,0 +1,143 @@
+"""Divergence, interruption and resumption, and two-process (DDP) training on the CPU."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from detector import config as config_lib
+from detector import training
+from detector.report import load_run
+from detector.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
+        "data.num_workers=0", "train.epochs=2", "train.warmup_steps=1", "train.progress=false",
+        "train.log_every_n_steps=1", "train.val_every_n_epochs=1"]
+
+
+def tiny_config(tmp_path, name, *extra):
+    return config_lib.load(overrides=TINY + [f"data.root={tmp_path / 'shapes'}", f"train.out_dir={tmp_path / 'runs'}",
+                                             f"train.run_name={name}", *extra])
+
+
+def test_l2_with_a_huge_learning_rate_is_marked_diverged(tmp_path):
+    run_dir = train(tiny_config(tmp_path, "l2", "loss.name=l2", "train.lr=1e4"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "diverged"
+    step = metrics["diverged_at_step"]
+    assert 0 < step < 6 and metrics["divergence"]["step"] == step
+    losses = metrics["divergence"]["losses"]
+    assert not all(v == v and abs(v) != float("inf") for v in losses.values())  # some loss is nan or inf
+    last = metrics["divergence"]["last_finite_losses"]
+    assert set(last) == {"loss", "loss_objectness", "loss_rpn_box", "loss_classifier", "loss_box_reg"}
+    assert all(v == v and abs(v) != float("inf") for v in last.values())
+    assert "val" not in metrics  # no metrics are claimed for a diverged model
+    row = load_run(run_dir)  # the report reads it as diverged, at that step
+    assert row["status"] == "diverged" and row["diverged_at_step"] == step and row["AP"] is None
+
+
+class SignalAtStep(pl.Callback):
+    """Sends this process SIGTERM once the given number of steps is done (as a user's kill would)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    extra = ("train.deterministic=true", "loss.name=smooth_l1")
+    reference = json.loads((train(tiny_config(tmp_path, "whole", *extra)) / "metrics.json").read_text())
+    assert reference["status"] == "completed" and reference["steps"] == 6
+
+    build = training.build_trainer
+    monkeypatch.setattr(training, "build_trainer",
+                        lambda cfg, run_dir, **kw: build(cfg, run_dir, callbacks=[SignalAtStep(4)]))
+    run_dir = train(tiny_config(tmp_path, "split", *extra))  # 3 steps per epoch: stops inside epoch 2
+    stopped = json.loads((run_dir / "metrics.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["steps"] == 4
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+    monkeypatch.setattr(training, "build_trainer", build)
+
+    resumed = json.loads((train(tiny_config(tmp_path, "split", *extra), resume=True) / "metrics.json").read_text())
+    assert resumed["status"] == "completed" and resumed["steps"] == 6 and resumed["resumed_from_step"] == 4
+    assert resumed["val"]["stats"] == reference["val"]["stats"]  # exactly: same weights, same detections
+    assert resumed["val"]["num_detections"] == reference["val"]["num_detections"]
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+    with (run_dir / "metrics.csv").open() as handle:
+        steps = [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+    with (tmp_path / "runs" / "whole" / "metrics.csv").open() as handle:
+        assert steps == [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+
+
+def test_resume_refuses_a_finished_run(tmp_path):
+    cfg = tiny_config(tmp_path, "done", "train.epochs=1")
+    train(cfg)
+    with pytest.raises(config_lib.ConfigError, match="the run is completed; there is nothing to continue"):
+        train(cfg, resume=True)
+
+
+def run_script(*args, timeout=600):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
+    run_dir = tmp_path / "runs" / "killed"
+    args = ["--set", *TINY, f"data.root={tmp_path / 'shapes'}", "train.epochs=20",
+            "--out-dir", tmp_path / "runs", "--run-name", "killed"]
+    process = subprocess.Popen([sys.executable, "scripts/train.py", *map(str, args)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    gradients = run_dir / "gradients.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not gradients.is_file() or gradients.read_text().count("\n") < 8):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and 0 < metrics["steps"] < 60
+    assert "python scripts/train.py --resume" in stderr
+    resumed = run_script("scripts/train.py", "--resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 60  # 3 steps x 20 epochs
+
+
+def test_resume_takes_no_other_options(tmp_path):
+    result = run_script("scripts/train.py", "--resume", tmp_path, "--loss", "l2")
+    assert result.returncode == 2 and "leave out --loss" in result.stderr
+
+
+def test_two_process_ddp_on_the_cpu_equals_one_process_evaluation(tmp_path):
+    """Lightning DDP with 2 processes (gloo): trains, evaluates with every rank's detections
+    gathered (9 images: one rank gets a padding repeat, which must not count twice), and gives
+    the same COCO AP as evaluating the same checkpoint in one process."""
+    result = run_script("scripts/train.py", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+                        "--set", *TINY, "data.shapes_num_val=9", f"data.root={tmp_path / 'shapes'}",
+                        "--out-dir", tmp_path / "runs", "--run-name", "ddp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "ddp"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["val"]["num_images"] == 9
+    # 12 training images per rank, batch 8: 2 steps per epoch, 2 epochs
+    assert metrics["steps"] == 4
+    single = run_script("scripts/evaluate.py", run_dir / "checkpoints" / "last.ckpt", "--out", tmp_path / "eval",
+                        "--num-workers", "0")
+    assert single.returncode == 0, single.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["val"]
+    assert evaluated["num_detections"] == metrics["val"]["num_detections"]
+    assert evaluated["stats"]["AP"] == pytest.approx(metrics["val"]["stats"]["AP"], abs=1e-12)
+    assert evaluated["ap_per_iou"] == pytest.approx(metrics["val"]["ap_per_iou"], abs=1e-12)
