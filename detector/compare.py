@@ -105,8 +105,9 @@ def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
 
 def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int | None,
                  train_command: list[str]) -> list[Path]:
-    """Train every unfinished cell, ``train_command + [config.yaml]`` in a process of its own;
-    return all cells' run directories in matrix order."""
+    """Train every unfinished cell in a process of its own, ``train_command + ["--config",
+    config.yaml]``, or ``train_command + ["--resume", run_dir]`` for a run that was interrupted
+    after saving a checkpoint; return all cells' run directories in matrix order."""
     configs = {cell: cell_config(base, cell, runs_dir) for cell in cells}
     todo = []
     for cell in cells:
@@ -151,7 +152,9 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    command = [*train_command, str(config_path)]
+    command = [*train_command, "--config", str(config_path)]
+    if run_status(run_dir) == "interrupted" and any((run_dir / "checkpoints").glob("*.ckpt")):
+        command = [*train_command, "--resume", str(run_dir)]  # continue where it was stopped
     if quiet:
         with open(run_dir / "train.log", "w") as log:
             subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)

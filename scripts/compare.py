@@ -5,9 +5,9 @@
     python scripts/compare.py --runs runs/compare/l1-seed0 runs/compare/l2-seed0 --out reports/mine
 
 Runs go to --runs-dir (default runs/compare), one directory per cell (``l2-seed1``,
-``l2-noise0.2-seed1``). Finished cells are not trained again, so rerunning the same command
-after an interruption continues the matrix, and rerunning it on a finished matrix only rewrites
-the report. Each run is a separate ``scripts/train.py`` process; with several GPUs, --jobs runs
+``l2-noise0.2-seed1``). Finished cells are not trained again and an interrupted one resumes from
+its checkpoint, so rerunning the same command after an interruption continues the matrix, and
+rerunning it on a finished matrix only rewrites the report. Each run is a separate ``scripts/train.py`` process; with several GPUs, --jobs runs
 that many at once, one GPU each.
 """
 
@@ -52,7 +52,7 @@ def main() -> int:
         base = config_from_args(args)
         cells = plan(args.losses, args.seeds, args.noise)
         run_dirs = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs,
-                                train_command=[sys.executable, str(TRAIN_SCRIPT), "--config"])
+                                train_command=[sys.executable, str(TRAIN_SCRIPT)])
     report = write_report(run_dirs, args.out, command, baseline=args.baseline)
     print(f"report: {report}")
     return 0

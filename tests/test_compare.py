@@ -17,18 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 FAKE_TRAIN = """
 import json, sys, yaml
 from pathlib import Path
-config = Path(sys.argv[1])
+mode, target = sys.argv[1], Path(sys.argv[2])
+config = target / "config.yaml" if mode == "--resume" else target
 raw = yaml.safe_load(config.read_text())
 status = "diverged" if raw["loss"]["name"] == "l2" and raw["train"]["seed"] == 1 else "completed"
 (config.parent / "metrics.json").write_text(json.dumps({"status": status}))
 with open(config.parent.parent / "trained.txt", "a") as log:
-    log.write(config.parent.name + "\\n")
+    log.write(config.parent.name + (" resumed" if mode == "--resume" else "") + "\\n")
 """
 
 
 def trained(runs_dir):
     path = runs_dir / "trained.txt"
-    return path.read_text().split() if path.is_file() else []
+    return path.read_text().splitlines() if path.is_file() else []
 
 
 def test_plan_orders_noise_then_seed_then_loss():
@@ -74,11 +75,13 @@ def test_matrix_trains_only_unfinished_cells(tmp_path, capsys):
     train_matrix(cells, Config(), runs_dir, jobs=1, train_command=command)
     assert len(trained(runs_dir)) == 4
     assert "4 finished, 0 to train" in capsys.readouterr().out
-    # ... and an interrupted or failed cell is trained again, alone.
+    # ... a failed one is trained again and an interrupted one with a checkpoint resumes.
     (runs_dir / "l1-seed1" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    (runs_dir / "l1-seed1" / "checkpoints").mkdir()
+    (runs_dir / "l1-seed1" / "checkpoints" / "interrupted.ckpt").write_bytes(b"")
     (runs_dir / "l2-seed0" / "metrics.json").write_text("{half-writ")
     train_matrix(cells, Config(), runs_dir, jobs=2, train_command=command)
-    assert sorted(trained(runs_dir)[4:]) == ["l1-seed1", "l2-seed0"]
+    assert sorted(trained(runs_dir)[4:]) == ["l1-seed1 resumed", "l2-seed0"]
     assert (runs_dir / "l1-seed1" / "train.log").is_file()  # parallel runs log to a file each
 
 
