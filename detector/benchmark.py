@@ -247,17 +247,19 @@ def gradient_stats(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[st
             "overhead_when_logged": stats / step, "overhead_averaged": stats / step / every}
 
 
-def parity_configs(base: Config, out_dir: str) -> dict[str, Config]:
+def parity_configs(base: Config, out_dir: str, seed: int) -> dict[str, Config]:
     """Ours with ``--loss smooth_l1 --loss-args beta=0.111`` and torchvision's reference, same
-    preset, schedule and seed, as run directories ``parity-ours`` / ``parity-torchvision``."""
+    preset, schedule and seed, as run directories ``parity-ours-seed<seed>`` /
+    ``parity-torchvision-seed<seed>``."""
     configs = {}
     for implementation in ("ours", "torchvision"):
         cfg = copy.deepcopy(base)
+        cfg.train.seed = seed
         cfg.model.implementation = implementation
         cfg.loss.name, cfg.loss.args, cfg.loss.weight = "smooth_l1", {"beta": 0.111}, None
         cfg.loss.rpn_name, cfg.loss.rpn_args, cfg.loss.rpn_weight = None, {}, None
         cfg.train.gradient_stats = implementation == "ours"
-        cfg.train.out_dir, cfg.train.run_name = out_dir, f"parity-{implementation}"
+        cfg.train.out_dir, cfg.train.run_name = out_dir, f"parity-{implementation}-seed{seed}"
         config_lib.validate(cfg)
         configs[implementation] = cfg
     return configs

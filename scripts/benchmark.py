@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py --out reports/benchmark.json
     python scripts/benchmark.py --device cuda --out reports/benchmark_cuda.json
-    python scripts/benchmark.py --parity --out reports/parity.json
+    python scripts/benchmark.py --parity --seeds 0 1 2 --out reports/parity.json
 
 Sections (--sections, default all):
   assignment      target assignment of both stages, ours vs torchvision's Matcher +
@@ -13,8 +13,9 @@ Sections (--sections, default all):
   evaluation      COCOeval vs the VOC rule on the same detections
   gradient-stats  the cost of the regression-gradient statistics relative to a step
 --parity (a mode of its own, instead of the sections) trains the preset with ours
-(--loss smooth_l1 --loss-args beta=0.111) and with torchvision's FasterRCNN, same schedule and
-seed, and compares their COCO AP. Finished parity runs in --runs-dir are reused.
+(--loss smooth_l1 --loss-args beta=0.111) and with torchvision's FasterRCNN, same schedule, at
+each of --seeds, and compares their COCO AP paired by seed. Finished parity runs in --runs-dir
+are reused.
 
 Every case runs in a fresh process, so each has its own peak memory.
 """
@@ -50,6 +51,7 @@ def main() -> int:
     parser.add_argument("--parity", action="store_true",
                         help="instead of the sections: train both detectors on the preset and compare COCO AP")
     parser.add_argument("--runs-dir", default="runs/benchmark", help="run directories of the parity mode")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds of the parity mode")
     args = parser.parse_args()
     cfg = config_from_args(args)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -63,7 +65,7 @@ def main() -> int:
                                 "torch": torch.__version__}}
     if args.parity:
         args.sections = []
-        result["parity"] = parity(cfg, Path(args.runs_dir))
+        result["parity"] = parity(cfg, Path(args.runs_dir), args.seeds)
     if "assignment" in args.sections:
         rows = []
         print(f"\n{'assignment':<12}{'batch':>6}{'anchors/img':>12}{'ours (ms)':>11}{'torchvision (ms)':>18}"
@@ -106,25 +108,35 @@ def main() -> int:
     return 0
 
 
-def parity(cfg: config_lib.Config, runs_dir: Path) -> dict:
-    """Train (or reuse) both parity runs; their COCO AP and training time."""
+def parity(cfg: config_lib.Config, runs_dir: Path, seeds: list[int]) -> dict:
+    """Train (or reuse) both detectors at every seed; their COCO AP, and ours minus
+    torchvision's paired by seed with a 95% interval."""
+    from detector.report import paired_difference
     from detector.training import train
 
-    out = {}
-    for implementation, run_cfg in benchmark.parity_configs(cfg, str(runs_dir)).items():
-        run_dir = runs_dir / run_cfg.train.run_name
-        if run_status(run_dir) == "completed":
-            check_reusable(run_cfg, run_dir)
-        else:
-            train(run_cfg)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        stats = metrics["val"]["stats"]
-        out[implementation] = {"run_dir": str(run_dir), "status": metrics["status"], "AP": stats["AP"],
-                               "AP50": stats["AP50"], "AP75": stats["AP75"],
-                               "AP90": metrics["val"]["ap_per_iou"]["0.90"], "train_s": metrics["timings"]["train_s"]}
-    out["AP_difference"] = out["ours"]["AP"] - out["torchvision"]["AP"]
-    print(f"\nparity: COCO AP ours {out['ours']['AP']:.3f} ({out['ours']['train_s']:.0f} s), torchvision "
-          f"{out['torchvision']['AP']:.3f} ({out['torchvision']['train_s']:.0f} s)")
+    out: dict = {"runs": []}
+    for seed in seeds:
+        for implementation, run_cfg in benchmark.parity_configs(cfg, str(runs_dir), seed).items():
+            run_dir = runs_dir / run_cfg.train.run_name
+            if run_status(run_dir) == "completed":
+                check_reusable(run_cfg, run_dir)
+            else:
+                train(run_cfg)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            stats = metrics["val"]["stats"]
+            out["runs"].append({"implementation": implementation, "seed": seed, "run_dir": str(run_dir),
+                                "status": metrics["status"], "AP": stats["AP"], "AP50": stats["AP50"],
+                                "AP75": stats["AP75"], "AP90": metrics["val"]["ap_per_iou"]["0.90"],
+                                "train_s": metrics["timings"]["train_s"]})
+    ap = {impl: {r["seed"]: r["AP"] for r in out["runs"] if r["implementation"] == impl}
+          for impl in ("ours", "torchvision")}
+    difference = paired_difference(ap["ours"], ap["torchvision"])
+    out["AP_mean"] = {impl: sum(v.values()) / len(v) for impl, v in ap.items()}
+    out["AP_difference"] = {"mean": difference.mean, "low": difference.low, "high": difference.high,
+                            "seeds": difference.pairs}
+    print(f"\nparity over seeds {seeds}: COCO AP ours {out['AP_mean']['ours']:.3f}, torchvision "
+          f"{out['AP_mean']['torchvision']:.3f}; ours - torchvision {difference.mean:+.3f}"
+          + (f" [{difference.low:+.3f}, {difference.high:+.3f}]" if difference.low is not None else ""))
     return out
 
 
