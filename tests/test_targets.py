@@ -141,3 +141,26 @@ def test_sparse_anchor_matching_equals_torchvision_matcher(low_quality, threshol
         assert (ours[0] == 0).sum() > 1
     if pruned:  # small anchors inside the whole-image box were skipped
         assert len(overlaps.iou) < len(generator.nonzero_iou(gt, valid, h, w).iou)
+
+
+def test_rpn_labels_equal_torchvision_on_the_benchmark_inputs():
+    """The benchmark's inputs (anchors of 800x1333 images, 200,400 per image, and up to 20
+    random boxes of 16-400 px): the RPN's labels and matched boxes equal torchvision's Matcher
+    on every anchor, so the speed-up compares equal work."""
+    from detector.benchmark import assignment_inputs
+    from detector.config import Config
+    from detector.model import FasterRCNN, build_model
+    from detector.targets import label_sparse, matched_box
+
+    inputs = assignment_inputs(2, "cpu", seed=3)
+    rpn = build_model(Config(), num_classes=80).rpn
+    gt_boxes, _, gt_valid = FasterRCNN.pad_targets(inputs["targets"], torch.device("cpu"))
+    overlaps = rpn.anchor_generator.nonzero_iou(gt_boxes, gt_valid, 100, 167, low_threshold=0.3)
+    positive, negative, best = label_sparse(overlaps, gt_valid, len(inputs["anchors"]), high_threshold=0.7,
+                                            low_threshold=0.3, allow_low_quality_matches=True)
+    ours = torch.where(positive, matched_box(best), torch.where(negative, -1, -2))
+    matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
+    for i, target in enumerate(inputs["targets"]):
+        expected = matcher(torchvision.ops.box_iou(target["boxes"], inputs["anchors"]))
+        assert torch.equal(ours[i], expected)
+        assert (expected >= 0).sum() > 0
