@@ -44,7 +44,8 @@ class RoIHeads(nn.Module):
         )
         self.cls_score = nn.Linear(representation_size, num_classes + 1)
         self.bbox_pred = nn.Linear(representation_size, (num_classes + 1) * 4)
-        # torchvision's initialisation of FastRCNNPredictor's layers (Detectron's)
+        # Detectron's initialisation of the predictor (torchvision's FastRCNNPredictor keeps
+        # nn.Linear's default; see detector/reference.py for the differences that remain)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.constant_(self.cls_score.bias, 0)
