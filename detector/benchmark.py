@@ -139,15 +139,12 @@ def torchvision_assignment(batch_size: int, repeats: int, device: str) -> dict[s
     return {"time_s": _median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
 
 
-def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
-    """Median time of a full training step (forward, backward, AdamW) on the preset's batches."""
+def _preset_training(cfg: Config, steps: int, device: str) -> tuple[list, torch.nn.Module, torch.optim.Optimizer]:
+    """``steps`` batches of the preset's training set on ``device``, and a fresh model in
+    training mode with its AdamW optimiser."""
     from detector.data import build_dataset, collate
     from detector.model import build_model
 
-    cfg = config_lib.from_dict(cfg_dict)
-    cfg.model.implementation = implementation
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     dataset = build_dataset(cfg.data, cfg.data.train_split, train=True)
     size = cfg.data.batch_size
     batches = []
@@ -157,7 +154,16 @@ def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, device
                         [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, num_classes=len(dataset.class_names)).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    return batches, model, torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+
+
+def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
+    """Median time of a full training step (forward, backward, AdamW) on the preset's batches."""
+    cfg = config_lib.from_dict(cfg_dict)
+    cfg.model.implementation = implementation
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    batches, model, optimizer = _preset_training(cfg, steps, device)
     autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
     iterator = iter(batches * 2)
 
@@ -170,6 +176,7 @@ def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, device
         optimizer.step()
 
     step_s = _median_time(call, device, repeats=steps - 2, warmup=2)
+    size = cfg.data.batch_size
     return {"step_s": step_s, "images_per_s": size / step_s, "batch_size": size,
             "image_size": list(batches[0][0][0].shape[-2:])}
 
@@ -214,20 +221,10 @@ def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
 
 def gradient_stats(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
     """Median training-step time, and the time of the gradient statistics of both heads."""
-    from detector.data import build_dataset, collate
-    from detector.model import build_model
-
     cfg = config_lib.from_dict(cfg_dict)
-    dataset = build_dataset(cfg.data, cfg.data.train_split, train=True)
-    size = cfg.data.batch_size
-    batches = [collate([dataset[(j * size + i) % len(dataset)] for i in range(size)]) for j in range(steps)]
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, num_classes=len(dataset.class_names)).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    batches, model, optimizer = _preset_training(cfg, steps, device)
     step_times, stats_times = [], []
     for images, targets in batches:
-        images = [im.to(device) for im in images]
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
         start = time.perf_counter()
         loss = sum(model(images, targets).values())
         optimizer.zero_grad()

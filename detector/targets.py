@@ -26,8 +26,8 @@ def match(iou: Tensor, gt_valid: Tensor, *, high_threshold: float, low_threshold
           allow_low_quality_matches: bool) -> Tensor:
     """Assign each candidate its best ground truth, with torchvision ``Matcher`` semantics.
 
-    iou: (N, R, G), overwritten at padding columns; gt_valid: (N, G) bool. Returns (N, R)
-    int64: the matched ground-truth index, ``BELOW_LOW_THRESHOLD`` or ``BETWEEN_THRESHOLDS``.
+    iou: (N, R, G); gt_valid: (N, G) bool. Returns (N, R) int64: the matched ground-truth
+    index, ``BELOW_LOW_THRESHOLD`` or ``BETWEEN_THRESHOLDS``.
 
     With ``allow_low_quality_matches`` every candidate that ties for the highest IoU of some
     ground truth is matched to its own best ground truth even below ``high_threshold``, as in
@@ -37,9 +37,8 @@ def match(iou: Tensor, gt_valid: Tensor, *, high_threshold: float, low_threshold
     n, r, g = iou.shape
     if g == 0:
         return torch.full((n, r), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
-    # Padding columns get IoU -1 so they never win a max. In place: the caller's IoU tensor is
-    # a temporary, and a copy of (N, R, G) costs as much as the matching.
-    iou = iou.masked_fill_(~gt_valid[:, None, :], -1.0)
+    # Padding columns get IoU -1 so they never win a max.
+    iou = iou.masked_fill(~gt_valid[:, None, :], -1.0)
     matched_vals, all_matches = iou.max(dim=2)  # (N, R)
     matches = torch.where(matched_vals < low_threshold, BELOW_LOW_THRESHOLD, all_matches)
     between = (matched_vals >= low_threshold) & (matched_vals < high_threshold)
