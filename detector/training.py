@@ -151,17 +151,23 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     zero = trainer.is_global_zero  # only rank 0 writes the run directory's files
     metrics_path = run_dir / "metrics.json"
     record: dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "config": config_lib.to_dict(cfg)}
+
+    def save_record(**fields: Any) -> None:
+        """Add ``fields`` to the run's record and write it to metrics.json (rank 0 only)."""
+        record.update(fields)
+        if zero:
+            atomic_write_json(metrics_path, record)
+
     if zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.save(cfg, run_dir / "config.yaml")
-        atomic_write_json(metrics_path, {**record, "resumed_from": str(checkpoint)} if checkpoint else record)
+    save_record(**({"resumed_from": str(checkpoint)} if checkpoint else {}))
 
     try:
         data = DetectionDataModule(cfg.data, seed=t.seed)
         data.setup("fit")  # generates the shapes dataset on first use
     except BaseException as exc:  # a dataset that cannot be read: the run failed before training
-        if zero:
-            atomic_write_json(metrics_path, {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        save_record(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     data_ready = time.perf_counter()
     module = DetectorModule.from_config(cfg, data.train_dataset)
@@ -188,11 +194,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     except BaseException as exc:
         # Never leave a run directory that says "running" (or worse) for a run that failed.
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))  # a second Ctrl-C: stop at once
-        record.update({"status": "interrupted" if interrupted else "failed", "steps": trainer.global_step})
-        if not interrupted:
-            record["error"] = f"{type(exc).__name__}: {exc}"
-        if zero:
-            atomic_write_json(metrics_path, record)
+        save_record(status="interrupted" if interrupted else "failed", steps=trainer.global_step,
+                    **({} if interrupted else {"error": f"{type(exc).__name__}: {exc}"}))
         raise
     finally:
         if module.gradient_log is not None:
@@ -202,18 +205,13 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     trained = time.perf_counter()
     train_s = round(trained - data_ready + previous.get("timings", {}).get("train_s", 0.0), 2)
     if module.diverged is not None:
-        record.update({"status": "diverged", "diverged_at_step": module.diverged["step"],
-                       "steps": module.diverged["step"], "divergence": module.diverged,
-                       "timings": {"train_s": train_s}})
-        if zero:
-            atomic_write_json(metrics_path, record)
+        save_record(status="diverged", diverged_at_step=module.diverged["step"], steps=module.diverged["step"],
+                    divergence=module.diverged, timings={"train_s": train_s})
         log.error("training diverged at step %d (non-finite loss: %s); %s is marked diverged",
                   module.diverged["step"], module.diverged["losses"], run_dir)
         return run_dir
     if module.interrupted_at_step is not None or trainer.interrupted or trainer.received_sigterm:
-        record.update({"status": "interrupted", "steps": trainer.global_step, "timings": {"train_s": train_s}})
-        if zero:
-            atomic_write_json(metrics_path, record)
+        save_record(status="interrupted", steps=trainer.global_step, timings={"train_s": train_s})
         log.warning("training stopped at step %d; continue it with: python scripts/train.py --resume %s",
                     trainer.global_step, run_dir)
         return run_dir
