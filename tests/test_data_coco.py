@@ -221,3 +221,16 @@ def test_missing_area_and_iscrowd_get_coco_defaults(tmp_path):
     (ann,) = ds.coco.dataset["annotations"]
     assert ann["area"] == 10.0 and ann["iscrowd"] == 0
     assert np.allclose(ds[0][1]["boxes"].numpy(), [[1, 1, 5, 3.5]])
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
+    from detector.data.coco import load_image
+
+    # A 16-bit greyscale PNG: value v becomes v >> 8 (65535 -> 255, 7680 -> 30), in all 3 channels.
+    values = (np.arange(32 * 64).reshape(32, 64) * 30).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    image = load_image(str(tmp_path / "deep.png"))
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 64)
+    expected = torch.from_numpy((values >> 8).astype(np.uint8))
+    assert all(torch.equal(image[c], expected) for c in range(3))
+    assert image[0, 4, 0] == (4 * 64 * 30) >> 8 == 30

@@ -41,6 +41,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import to_dtype
 
 from detector.data.errors import DataError
 
@@ -423,7 +424,9 @@ def load_image(path: str) -> Tensor:
     problem = "the file is empty" if not data else _png_problem(data) if data.startswith(_PNG_SIGNATURE) else None
     if problem is None:
         try:
-            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            # 16-bit PNGs decode to uint16; the model's normalisation expects 0-255.
+            return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
         except RuntimeError as exc:
             problem = _CPP_LOCATION.sub("", str(exc))
     raise DataError(f"{path}: cannot decode image: {problem}")
