@@ -17,15 +17,16 @@ class AnchorGenerator:
     """Anchors of every size and aspect ratio centred on each cell of a stride-``stride`` grid.
 
     Aspect ratio is height / width at constant area, as in torchvision. Anchors are centred
-    on the cell centre ``(i + 0.5) * stride`` (torchvision uses the cell corner ``i * stride``,
-    which shifts every anchor half a stride up and left). They are cached per
+    on ``(i + offset) * stride``: the cell centre with the default offset 0.5, the cell corner
+    ``i * stride`` of torchvision and detectron2 with 0. They are cached per
     (grid size, device, dtype): the grid of a batch only changes with the padded input size.
     """
 
-    def __init__(self, *, sizes: list[int], aspect_ratios: list[float], stride: int):
+    def __init__(self, *, sizes: list[int], aspect_ratios: list[float], stride: int, offset: float = 0.5):
         self.sizes = list(sizes)
         self.aspect_ratios = list(aspect_ratios)
         self.stride = stride
+        self.offset = offset
         self._cache: dict[tuple, Tensor] = {}
 
     @property
@@ -46,8 +47,7 @@ class AnchorGenerator:
         """(H*W*A, 4) anchors for an H x W feature map, in input-image pixels."""
         key = (height, width, str(device), dtype)
         if key not in self._cache:
-            centres_x = (torch.arange(width, dtype=dtype, device=device) + 0.5) * self.stride
-            centres_y = (torch.arange(height, dtype=dtype, device=device) + 0.5) * self.stride
+            centres_x, centres_y = self._centres(width, dtype, device), self._centres(height, dtype, device)
             cy, cx = torch.meshgrid(centres_y, centres_x, indexing="ij")  # (H, W)
             shifts = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
             base = self.base_anchors(dtype, device)[None]  # (1, A, 4)
@@ -79,8 +79,7 @@ class AnchorGenerator:
         a = self.num_anchors_per_location
         dtype, device = boxes.dtype, boxes.device
         base = self.base_anchors(dtype, device)  # (A, 4), centred on (0, 0)
-        centres_x = (torch.arange(width, dtype=dtype, device=device) + 0.5) * self.stride  # (W,)
-        centres_y = (torch.arange(height, dtype=dtype, device=device) + 0.5) * self.stride  # (H,)
+        centres_x, centres_y = self._centres(width, dtype, device), self._centres(height, dtype, device)  # (W,), (H,)
         # The same sums grid_anchors makes (centre + offset), so every coordinate is identical.
         x1, x2 = base[:, 0, None] + centres_x, base[:, 2, None] + centres_x  # (A, W)
         y1, y2 = base[:, 1, None] + centres_y, base[:, 3, None] + centres_y  # (A, H)
@@ -112,6 +111,10 @@ class AnchorGenerator:
         candidate = box // g * (height * width * a) + (row * width + col) * a + kind  # image * R + anchor
         return AnchorOverlaps(candidate, box, iou)
 
+
+    def _centres(self, count: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """(count,) anchor centres along one axis of the grid, in pixels."""
+        return (torch.arange(count, dtype=dtype, device=device) + self.offset) * self.stride
 
     @staticmethod
     def _may_matter(overlap_x: Tensor, overlap_y: Tensor, x1: Tensor, x2: Tensor, y1: Tensor, y2: Tensor,

@@ -68,6 +68,9 @@ class ModelConfig:
     # Anchors on the single stride-8 feature map (pixels, and height/width ratios).
     anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # Anchor centres at (i + anchor_offset) * stride: 0.5 is the cell centre, 0.0 the cell
+    # corner of torchvision and detectron2 (ANCHOR_GENERATOR.OFFSET).
+    anchor_offset: float = 0.5
     rpn_fg_iou_thresh: float = 0.7
     rpn_bg_iou_thresh: float = 0.3
     rpn_batch_size_per_image: int = 256
@@ -80,6 +83,8 @@ class ModelConfig:
     rpn_min_size: float = 1.0
     roi_output_size: int = 7
     roi_sampling_ratio: int = 2
+    # RoIAlign's half-pixel correction (detectron2's ROIAlignV2); torchvision's FasterRCNN uses False.
+    roi_aligned: bool = True
     representation_size: int = 256
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5
@@ -293,6 +298,7 @@ def validate(cfg: Config) -> None:
           "a non-empty list of positive sizes")
     check(len(m.aspect_ratios) >= 1 and all(r > 0 for r in m.aspect_ratios), "model.aspect_ratios",
           "a non-empty list of positive ratios")
+    check(0 <= m.anchor_offset < 1, "model.anchor_offset", "in [0, 1) (0.5: cell centre, 0: cell corner)")
     check(m.feature_channels >= 8, "model.feature_channels", ">= 8")
     check(0 < m.rpn_bg_iou_thresh <= m.rpn_fg_iou_thresh <= 1, "model.rpn_fg_iou_thresh",
           "in (0, 1] and >= model.rpn_bg_iou_thresh")

@@ -111,7 +111,8 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         return TorchvisionFasterRCNN(cfg, num_classes)
     (head_loss, head_weight), (rpn_loss, rpn_weight) = regression_losses(cfg)
     backbone = Backbone(name=m.backbone, out_channels=m.feature_channels, weights=m.weights)
-    anchors = AnchorGenerator(sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios, stride=backbone.stride)
+    anchors = AnchorGenerator(sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios, stride=backbone.stride,
+                              offset=m.anchor_offset)
     rpn = RegionProposalNetwork(
         in_channels=backbone.out_channels, anchor_generator=anchors, regression_loss=rpn_loss,
         regression_weight=rpn_weight,
@@ -123,7 +124,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     )
     roi_heads = RoIHeads(
         in_channels=backbone.out_channels, num_classes=num_classes, spatial_scale=1.0 / backbone.stride,
-        output_size=m.roi_output_size, sampling_ratio=m.roi_sampling_ratio,
+        output_size=m.roi_output_size, sampling_ratio=m.roi_sampling_ratio, aligned=m.roi_aligned,
         representation_size=m.representation_size, regression_loss=head_loss,
         regression_weight=head_weight,
         fg_iou_thresh=m.box_fg_iou_thresh, bg_iou_thresh=m.box_bg_iou_thresh,

@@ -25,7 +25,7 @@ SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = 64 * 2**20
 
 class RoIHeads(nn.Module):
     def __init__(self, *, in_channels: int, num_classes: int, spatial_scale: float, output_size: int,
-                 sampling_ratio: int, representation_size: int, regression_loss: RegressionLoss,
+                 sampling_ratio: int, aligned: bool, representation_size: int, regression_loss: RegressionLoss,
                  regression_weight: float, fg_iou_thresh: float, bg_iou_thresh: float,
                  batch_size_per_image: int, positive_fraction: float, score_thresh: float,
                  nms_thresh: float, detections_per_image: int):
@@ -34,6 +34,7 @@ class RoIHeads(nn.Module):
         self.spatial_scale = spatial_scale
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
         # torchvision's TwoMLPHead, narrower: 256 instead of 1024 units suits 7x7x128 inputs.
         self.box_head = nn.Sequential(
             nn.Flatten(),
@@ -95,10 +96,10 @@ class RoIHeads(nn.Module):
         c, h, w = features.shape[1:]
         if n * s * self.output_size * c * max(h, w) <= SEPARABLE_ROI_ALIGN_MAX_ELEMENTS:
             pooled = roi_align(features, rois, output_size=self.output_size, spatial_scale=self.spatial_scale,
-                               sampling_ratio=self.sampling_ratio, aligned=True)  # (N*S, C, P, P)
+                               sampling_ratio=self.sampling_ratio, aligned=self.aligned)  # (N*S, C, P, P)
         else:  # large feature maps (COCO-sized inputs): the dense intermediate would not fit
             pooled = torchvision.ops.roi_align(features, list(rois.detach()), self.output_size, self.spatial_scale,
-                                               self.sampling_ratio, aligned=True)
+                                               self.sampling_ratio, self.aligned)
         hidden = self.box_head(pooled)
         logits = self.cls_score(hidden).view(n, s, -1)
         deltas = self.bbox_pred(hidden).view(n, s, -1, 4)

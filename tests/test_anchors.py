@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
@@ -36,16 +37,29 @@ def test_same_shapes_as_torchvision_shifted_half_a_stride():
     torch.testing.assert_close(ours - stride / 2, theirs, atol=0.5, rtol=0)
 
 
+def test_corner_offset_gives_torchvision_anchors():
+    # offset 0 puts anchors on cell corners as torchvision does; with integer half-sizes
+    # (ratio 1, even sizes) torchvision's rounding changes nothing, so they are equal exactly.
+    sizes, stride = [8, 16, 32], 8
+    ours = AnchorGenerator(sizes=sizes, aspect_ratios=[1.0], stride=stride, offset=0.0).grid_anchors(
+        4, 5, torch.device("cpu"), torch.float32)
+    theirs_gen = TorchvisionAnchorGenerator(sizes=(tuple(sizes),), aspect_ratios=((1.0,),))
+    (theirs,) = theirs_gen(ImageList(torch.zeros(1, 3, 32, 40), [(32, 40)]), [torch.zeros(1, 1, 4, 5)])
+    assert torch.equal(ours, theirs)
+    assert ours[3].tolist() == [4.0, -4.0, 12.0, 4.0]  # cell (y=0, x=1), size 8: centre (8, 0)
+
+
 def random_boxes(n, g, seed, scale=90.0):
     gen = torch.Generator().manual_seed(seed)
     corner = torch.rand(n, g, 2, generator=gen) * scale
     return torch.cat((corner, corner + torch.rand(n, g, 2, generator=gen) * scale * 0.7), dim=-1)
 
 
-def test_nonzero_iou_lists_every_nonzero_entry_bit_for_bit():
+@pytest.mark.parametrize("offset", [0.5, 0.0])
+def test_nonzero_iou_lists_every_nonzero_entry_bit_for_bit(offset):
     from detector.boxes import batched_box_iou
 
-    gen = AnchorGenerator(sizes=[8, 16, 32, 64], aspect_ratios=[0.5, 1.0, 2.0], stride=8)
+    gen = AnchorGenerator(sizes=[8, 16, 32, 64], aspect_ratios=[0.5, 1.0, 2.0], stride=8, offset=offset)
     boxes = random_boxes(3, 7, seed=0)
     valid = torch.ones(3, 7, dtype=torch.bool)
     boxes[0, 5:] = 0  # padding rows

@@ -90,6 +90,24 @@ def test_rpn_loss_has_its_own_parameters_and_weight():
     assert shared.rpn.regression_loss.name == "l2" and shared.rpn.regression_weight == 4.0
 
 
+@pytest.mark.parametrize("aligned", [True, False])
+def test_torchvision_conventions_reach_anchors_and_roi_align(aligned):
+    import torchvision
+
+    offset = 0.5 if aligned else 0.0
+    cfg = config_lib.load(overrides=SMALL + [f"model.anchor_offset={offset}", f"model.roi_aligned={aligned}"])
+    model = build_model(cfg, num_classes=3).eval()
+    anchors = model.rpn.anchor_generator.grid_anchors(2, 3, torch.device("cpu"), torch.float32)
+    # cell (0, 0), the first square anchor (ratio 1 is the second ratio: index 4 of 12), size 8
+    assert anchors[4].tolist() == [8 * offset - 4, 8 * offset - 4, 8 * offset + 4, 8 * offset + 4]
+    features = torch.randn(2, 32, 8, 10)
+    rois = torch.tensor([[[0.0, 0.0, 30.0, 30.0]], [[10.0, 5.0, 60.0, 40.0]]])
+    logits, _ = model.roi_heads.predict(features, rois)
+    pooled = torchvision.ops.roi_align(features, list(rois), 7, 1 / 8, 2, aligned)
+    heads = model.roi_heads
+    torch.testing.assert_close(logits.flatten(0, 1), heads.cls_score(heads.box_head(pooled)))
+
+
 def test_large_feature_maps_fall_back_to_torchvision_roi_align(monkeypatch):
     import detector.roi_heads as roi_heads
 
