@@ -5,8 +5,10 @@ Same trunk (:class:`~detector.backbone.Backbone`, one stride-8 map), anchors, pr
 sampling, RoIAlign size, box-head width, thresholds and normalisation; images are not resized
 again (our DataLoader already did) and are padded to the same multiple of 16. What differs is
 torchvision's implementation: per-image matching and sampling loops, its RoIAlign kernel (with
-aligned=False, where ours samples pixel centres, aligned=True), its anchor placement (cell
-corners, where ours are cell-centred), a fixed 1e-3 px minimum proposal size (ours 1 px), the
+aligned=False, where ours by default samples pixel centres, aligned=True), its anchor placement
+(cell corners, where ours by default are cell-centred; ``model.roi_aligned=false`` and
+``model.anchor_offset=0`` give ours torchvision's two conventions, which this reference always
+uses whatever those options say), a fixed 1e-3 px minimum proposal size (ours 1 px), the
 predictor's initialisation (nn.Linear's default, where ours is Detectron's normal(0.01) and
 normal(0.001)), and its hard-wired regression loss (smooth L1, beta 1/9, in both stages).
 """
