@@ -86,6 +86,9 @@ class ModelConfig:
     # RoIAlign's half-pixel correction (detectron2's ROIAlignV2); torchvision's FasterRCNN uses False.
     roi_aligned: bool = True
     representation_size: int = 256
+    # Box predictor's initial weights: "detectron" draws normal(0.01) for the classifier and
+    # normal(0.001) for the deltas; "torchvision" keeps nn.Linear's default, as its FastRCNNPredictor.
+    predictor_init: str = "detectron"  # detectron | torchvision
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5
     box_batch_size_per_image: int = 128
@@ -300,6 +303,7 @@ def validate(cfg: Config) -> None:
           "a non-empty list of positive ratios")
     check(0 <= m.anchor_offset < 1, "model.anchor_offset", "in [0, 1) (0.5: cell centre, 0: cell corner)")
     check(m.feature_channels >= 8, "model.feature_channels", ">= 8")
+    check(m.predictor_init in ("detectron", "torchvision"), "model.predictor_init", "one of: detectron, torchvision")
     check(0 < m.rpn_bg_iou_thresh <= m.rpn_fg_iou_thresh <= 1, "model.rpn_fg_iou_thresh",
           "in (0, 1] and >= model.rpn_bg_iou_thresh")
     check(0 < m.box_bg_iou_thresh <= m.box_fg_iou_thresh <= 1, "model.box_fg_iou_thresh",

@@ -125,7 +125,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     roi_heads = RoIHeads(
         in_channels=backbone.out_channels, num_classes=num_classes, spatial_scale=1.0 / backbone.stride,
         output_size=m.roi_output_size, sampling_ratio=m.roi_sampling_ratio, aligned=m.roi_aligned,
-        representation_size=m.representation_size, regression_loss=head_loss,
+        representation_size=m.representation_size, predictor_init=m.predictor_init, regression_loss=head_loss,
         regression_weight=head_weight,
         fg_iou_thresh=m.box_fg_iou_thresh, bg_iou_thresh=m.box_bg_iou_thresh,
         batch_size_per_image=m.box_batch_size_per_image, positive_fraction=m.box_positive_fraction,

@@ -25,7 +25,7 @@ SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = 64 * 2**20
 
 class RoIHeads(nn.Module):
     def __init__(self, *, in_channels: int, num_classes: int, spatial_scale: float, output_size: int,
-                 sampling_ratio: int, aligned: bool, representation_size: int, regression_loss: RegressionLoss,
+                 sampling_ratio: int, aligned: bool, representation_size: int, predictor_init: str, regression_loss: RegressionLoss,
                  regression_weight: float, fg_iou_thresh: float, bg_iou_thresh: float,
                  batch_size_per_image: int, positive_fraction: float, score_thresh: float,
                  nms_thresh: float, detections_per_image: int):
@@ -45,12 +45,11 @@ class RoIHeads(nn.Module):
         )
         self.cls_score = nn.Linear(representation_size, num_classes + 1)
         self.bbox_pred = nn.Linear(representation_size, (num_classes + 1) * 4)
-        # Detectron's initialisation of the predictor (torchvision's FastRCNNPredictor keeps
-        # nn.Linear's default; see detector/reference.py for the differences that remain)
-        nn.init.normal_(self.cls_score.weight, std=0.01)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        nn.init.constant_(self.cls_score.bias, 0)
-        nn.init.constant_(self.bbox_pred.bias, 0)
+        if predictor_init == "detectron":  # torchvision's FastRCNNPredictor keeps nn.Linear's default
+            nn.init.normal_(self.cls_score.weight, std=0.01)
+            nn.init.normal_(self.bbox_pred.weight, std=0.001)
+            nn.init.constant_(self.cls_score.bias, 0)
+            nn.init.constant_(self.bbox_pred.bias, 0)
         # The weights of torchvision's RoIHeads: deltas of a well-placed proposal are small, so
         # scaling them up puts the regression targets at roughly unit variance.
         self.coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))

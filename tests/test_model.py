@@ -108,6 +108,22 @@ def test_torchvision_conventions_reach_anchors_and_roi_align(aligned):
     torch.testing.assert_close(logits.flatten(0, 1), heads.cls_score(heads.box_head(pooled)))
 
 
+def test_predictor_initialisation_follows_the_option():
+    torch.manual_seed(0)
+    detectron = build_model(config_lib.load(overrides=SMALL), num_classes=3).roi_heads
+    torch.manual_seed(0)
+    default = build_model(config_lib.load(overrides=SMALL + ["model.predictor_init=torchvision"]),
+                          num_classes=3).roi_heads
+    # Detectron: normal(0.01) and normal(0.001) weights, zero biases (64 x 4 and 64 x 16 draws).
+    assert abs(detectron.cls_score.weight.std().item() - 0.01) < 0.002
+    assert abs(detectron.bbox_pred.weight.std().item() - 0.001) < 0.0002
+    assert not detectron.cls_score.bias.any() and not detectron.bbox_pred.bias.any()
+    # nn.Linear's default: uniform in +-1/sqrt(64) = +-0.125, standard deviation 0.125/sqrt(3) = 0.072.
+    for layer in (default.cls_score, default.bbox_pred):
+        assert layer.weight.abs().max().item() <= 0.125 and abs(layer.weight.std().item() - 0.072) < 0.01
+        assert layer.bias.abs().max().item() <= 0.125 and layer.bias.any()
+
+
 def test_large_feature_maps_fall_back_to_torchvision_roi_align(monkeypatch):
     import detector.roi_heads as roi_heads
 
