@@ -9,8 +9,10 @@ aligned=False, where ours by default samples pixel centres, aligned=True), its a
 (cell corners, where ours by default are cell-centred; ``model.roi_aligned=false`` and
 ``model.anchor_offset=0`` give ours torchvision's two conventions, which this reference always
 uses whatever those options say), a fixed 1e-3 px minimum proposal size (ours 1 px), the
-predictor's initialisation (nn.Linear's default, where ours is Detectron's normal(0.01) and
-normal(0.001)), and its hard-wired regression loss (smooth L1, beta 1/9, in both stages).
+predictor's initialisation (nn.Linear's default, where ours is by default Detectron's
+normal(0.01) and normal(0.001); ``model.predictor_init=torchvision`` gives ours the default),
+its rounding of base anchors to whole pixels, and its hard-wired regression loss (smooth L1,
+beta 1/9, in both stages).
 """
 
 from __future__ import annotations
