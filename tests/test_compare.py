@@ -109,3 +109,22 @@ def test_compare_script_trains_then_reports_without_retraining(tmp_path):
     third = subprocess.run(args[:-1] + ["train.lr=0.01", f"data.root={tmp_path / 'shapes'}"],
                            capture_output=True, text=True, timeout=600)
     assert third.returncode == 2 and "train.lr: 0.003 != 0.01" in third.stderr
+
+
+def test_parity_configurations_differ_only_where_the_implementations_do(tmp_path):
+    from detector import config as config_lib
+    from detector.benchmark import parity_configs
+    from detector.compare import config_differences
+
+    configs = parity_configs(config_lib.load(), str(tmp_path), seed=2)
+    ours, theirs = configs["ours"], configs["torchvision"]
+    assert (ours.train.run_name, theirs.train.run_name) == ("parity-ours-seed2", "parity-torchvision-seed2")
+    assert ours.train.seed == theirs.train.seed == 2
+    assert (ours.loss.name, ours.loss.args) == ("smooth_l1", {"beta": 0.111})
+    config_lib.save(theirs, tmp_path / "config.yaml")
+    # ours starts its predictor like torchvision's; gradient statistics are only ours to record
+    assert sorted(config_differences(ours, tmp_path)) == [
+        "model.implementation: 'torchvision' != 'ours'",
+        "model.predictor_init: 'detectron' != 'torchvision'",
+        "train.gradient_stats: False != True",
+    ]
