@@ -13,7 +13,8 @@ Sections (--sections, default all):
   evaluation      COCOeval vs the VOC rule on the same detections
   gradient-stats  the cost of the regression-gradient statistics relative to a step
 --parity (a mode of its own, instead of the sections) trains the preset with ours
-(--loss smooth_l1 --loss-args beta=0.111) and with torchvision's FasterRCNN, same schedule, at
+(--loss smooth_l1 --loss-args beta=0.111, and torchvision's predictor initialisation,
+model.predictor_init=torchvision) and with torchvision's FasterRCNN, same schedule, at
 each of --seeds, and compares their COCO AP paired by seed. Finished parity runs in --runs-dir
 are reused.
 
