@@ -111,7 +111,6 @@ class AnchorGenerator:
         candidate = box // g * (height * width * a) + (row * width + col) * a + kind  # image * R + anchor
         return AnchorOverlaps(candidate, box, iou)
 
-
     def _centres(self, count: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """(count,) anchor centres along one axis of the grid, in pixels."""
         return (torch.arange(count, dtype=dtype, device=device) + self.offset) * self.stride
