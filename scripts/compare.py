@@ -7,23 +7,17 @@
 Runs go to --runs-dir (default runs/compare), one directory per cell (``l2-seed1``,
 ``l2-noise0.2-seed1``). Finished cells are not trained again and an interrupted one resumes from
 its checkpoint, so rerunning the same command after an interruption continues the matrix, and
-rerunning it on a finished matrix only rewrites the report. Each run is a separate ``scripts/train.py`` process; with several GPUs, --jobs runs
-that many at once, one GPU each.
+rerunning it on a finished matrix only rewrites the report. Each run is a separate
+``scripts/train.py`` process; with several GPUs, --jobs runs that many at once, one GPU each.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
-from pathlib import Path
 
-from cli import FLAGS, add_config_arguments, config_from_args, run_main
+from detector.engine.cli import FLAGS, add_config_arguments, run_main
 
-from detector.compare import plan, train_matrix
-from detector.report import write_report
-
-TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 # Set per cell by the matrix, so not accepted as options here.
 MATRIX_FLAGS = ("--loss", "--seed", "--run-name", "--out-dir", "--train-box-noise")
 
@@ -42,19 +36,11 @@ def main() -> int:
                         help="runs at once (default: one per visible GPU, 1 on the CPU)")
     add_config_arguments(parser, [flag for flag in FLAGS if flag not in MATRIX_FLAGS])
     args = parser.parse_args()
-    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if not args.runs and not args.losses:
+        parser.error("give --losses (to train a matrix) or --runs (to report on existing runs)")
+    from detector.lab.compare import compare_from_args  # torch loads once the arguments are known
 
-    if args.runs:
-        run_dirs = [Path(d) for d in args.runs]
-    else:
-        if not args.losses:
-            parser.error("give --losses (to train a matrix) or --runs (to report on existing runs)")
-        base = config_from_args(args)
-        cells = plan(args.losses, args.seeds, args.noise)
-        run_dirs = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs,
-                                train_command=[sys.executable, str(TRAIN_SCRIPT)])
-    report = write_report(run_dirs, args.out, command, baseline=args.baseline)
-    print(f"report: {report}")
+    print(f"report: {compare_from_args(args, sys.argv[1:])}")
     return 0
 
 

@@ -7,12 +7,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from cli import FLAGS, config_from_args, run_main
-
-from detector import config as config_lib
-from detector.evaluate_run import checkpoint_config, evaluate_checkpoint, find_checkpoint
+from detector.engine.cli import add_flags, add_set_argument, run_main
 
 DATA_FLAGS = ["--data", "--data-root", "--batch-size", "--num-workers", "--accelerator", "--devices",
               "--precision"]
@@ -23,20 +19,12 @@ def main() -> int:
     parser.add_argument("checkpoint", help="a .ckpt file or a run directory")
     parser.add_argument("--split", help="split to evaluate (default: the configuration's val split)")
     parser.add_argument("--out", help="output folder (default: <run dir>/eval-<split>)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override data options")
-    for flag in DATA_FLAGS:
-        key, help_text, kwargs = FLAGS[flag]
-        parser.add_argument(flag, dest=key.replace(".", "__"), help=f"{help_text} [{key}]", **kwargs)
+    add_set_argument(parser, "override data options")
+    add_flags(parser, DATA_FLAGS)
     args = parser.parse_args()
-    checkpoint = find_checkpoint(args.checkpoint)
-    cfg = checkpoint_config(checkpoint)
-    # The checkpoint's configuration, then the command line's data overrides on top.
-    args.config, args.loss_args, args.rpn_loss_args = None, [], []
-    overrides = config_from_args(args, base=config_lib.to_dict(cfg))
-    split = args.split or overrides.data.val_split
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    out = Path(args.out) if args.out else run_dir / f"eval-{split}"
-    evaluate_checkpoint(checkpoint, overrides, split, out)
+    from detector.engine.evaluate import evaluate_from_args  # torch loads once the arguments are known
+
+    evaluate_from_args(args)
     return 0
 
 

@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from cli import add_config_arguments, config_from_args, run_main
-
-from detector import config as config_lib
-from detector.config import ConfigError
-from detector.training import train
+from detector.engine.cli import add_config_arguments, run_main
 
 
 def main() -> int:
@@ -26,19 +21,9 @@ def main() -> int:
     add_config_arguments(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (no other options)")
     args = parser.parse_args()
-    if args.resume:
-        given = [a for a in sys.argv[1:] if a.startswith("--") and not a.startswith("--resume")]
-        if given:
-            raise ConfigError(f"--resume continues a run with its own configuration; leave out {', '.join(given)}")
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-        cfg = config_lib.load(run_dir / "config.yaml",
-                              overrides=[f"train.out_dir={run_dir.parent}", f"train.run_name={run_dir.name}"])
-        train(cfg, resume=True)
-        return 0
-    cfg = config_from_args(args)
-    train(cfg)
+    from detector.engine.training import train_from_args  # torch loads once the arguments are known
+
+    train_from_args(args, sys.argv[1:])
     return 0
 
 

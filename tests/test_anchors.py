@@ -3,7 +3,7 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from detector.anchors import AnchorGenerator
+from detector.model.anchors import AnchorGenerator
 
 
 def test_base_anchors_keep_area_and_ratio():
@@ -57,7 +57,7 @@ def random_boxes(n, g, seed, scale=90.0):
 
 @pytest.mark.parametrize("offset", [0.5, 0.0])
 def test_nonzero_iou_lists_every_nonzero_entry_bit_for_bit(offset):
-    from detector.boxes import batched_box_iou
+    from detector.model.boxes import batched_box_iou
 
     gen = AnchorGenerator(sizes=[8, 16, 32, 64], aspect_ratios=[0.5, 1.0, 2.0], stride=8, offset=offset)
     boxes = random_boxes(3, 7, seed=0)

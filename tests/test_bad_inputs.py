@@ -19,14 +19,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from detector.config import ConfigError
 from detector.data import CocoDetection, DataError, VocDetection, collate
-from detector.data import coco as coco_module
+from detector.data import images as images_module
 from detector.data.errors import error_message
+from detector.engine import cli
+from detector.engine import config as config_lib
+from detector.engine.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))  # scripts/ is not a package
-import cli  # noqa: E402
 
 SKIP_HINT = " (set data.skip_bad_images=true to leave out such images)"
 TRUNCATED_PNG = "cannot decode image: the PNG file is truncated (it ends before its IEND chunk)"
@@ -301,7 +301,7 @@ def test_bad_images_are_skipped_and_counted_when_asked(coco_root, caplog):
     a, b = coco_root / "train" / "a.png", coco_root / "train" / "b.png"
     a.write_bytes(a.read_bytes()[:100])
     b.unlink()
-    with caplog.at_level(logging.INFO, logger="detector.data.coco"):
+    with caplog.at_level(logging.INFO, logger="detector.data"):
         ds = CocoDetection(coco_root, "train", skip_bad_images=True)
     assert [r.getMessage() for r in caplog.records] == [
         f"{ann_file}: leaving out 2 of 3 images whose files are missing or cannot be decoded "
@@ -314,8 +314,8 @@ def test_bad_images_are_skipped_and_counted_when_asked(coco_root, caplog):
 
 
 def test_checking_many_images_logs_progress(coco_root, caplog, monkeypatch):
-    monkeypatch.setattr(coco_module, "_PROGRESS_EVERY_S", -1.0)  # a report after every image
-    with caplog.at_level(logging.INFO, logger="detector.data.coco"):
+    monkeypatch.setattr(images_module, "_PROGRESS_EVERY_S", -1.0)  # a report after every image
+    with caplog.at_level(logging.INFO, logger="detector.data"):
         CocoDetection(coco_root, "train", skip_bad_images=True)
     ann_file = coco_root / "annotations" / "instances_train.json"
     assert [r.getMessage() for r in caplog.records] == [f"{ann_file}: checked {i} of 3 images" for i in (1, 2, 3)]
@@ -325,7 +325,7 @@ def test_voc_bad_images_are_skipped_when_asked(voc_root, caplog):
     split = voc_root / "ImageSets" / "Main" / "train.txt"
     image = voc_root / "JPEGImages" / "000001.jpg"
     image.write_bytes(b"GIF89a")
-    with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = VocDetection(voc_root, "train", skip_bad_images=True)
     assert ds.image_ids == [2] and [a["image_id"] for a in ds.coco.dataset["annotations"]] == [2]
     (record,) = caplog.records
@@ -353,7 +353,7 @@ def test_coco_boxes_are_clipped_dropped_and_counted(tmp_path, caplog):
         {"image_id": 2, "category_id": 1, "bbox": [3, 4, 0, 6]},  # zero width: dropped
         {"image_id": 2, "category_id": 1, "bbox": [30, 4, 5, 6]},  # outside the 24 px image: dropped
     ])
-    with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = CocoDetection(tmp_path / "coco", "train")
     assert [r.getMessage() for r in caplog.records] == [
         f"{ann_file}: dropped 2 training boxes with zero or negative width or height (after clipping to the "
@@ -370,7 +370,7 @@ def test_voc_inverted_box_is_dropped_and_counted(tmp_path, caplog):
     root = write_voc(tmp_path / "VOC2007", {
         "000001": (40, 30, [voc_object("dog", (20, 4, 3, 25)), voc_object("cat", (35.5, -2, 50, 12))]),
     })
-    with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = VocDetection(root, "train")
     assert [r.getMessage() for r in caplog.records] == [
         f"{root / 'ImageSets' / 'Main' / 'train.txt'}: dropped 1 training boxes with zero or negative width or "
@@ -387,8 +387,8 @@ def test_voc_inverted_box_is_dropped_and_counted(tmp_path, caplog):
 def test_skip_bad_images_flag_sets_the_option():
     parser = argparse.ArgumentParser()
     cli.add_config_arguments(parser)
-    assert cli.config_from_args(parser.parse_args(["--skip-bad-images"])).data.skip_bad_images is True
-    assert cli.config_from_args(parser.parse_args([])).data.skip_bad_images is False
+    assert config_lib.from_args(parser.parse_args(["--skip-bad-images"])).data.skip_bad_images is True
+    assert config_lib.from_args(parser.parse_args([])).data.skip_bad_images is False
 
 
 def _raise(exc: BaseException):

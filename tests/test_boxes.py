@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torchvision.models.detection._utils import BoxCoder as TorchvisionBoxCoder
 
-from detector.boxes import BoxCoder, batched_box_iou, box_area, clip_boxes
+from detector.model.boxes import BoxCoder, batched_box_iou, box_area, box_iou, clip_boxes, enclosing_box, paired_box_iou
 
 
 def random_boxes(*shape, size=100.0, generator=None):
@@ -21,6 +21,17 @@ def test_batched_iou_matches_torchvision_per_image():
     assert iou.shape == (3, 7, 5)
     for i in range(3):
         torch.testing.assert_close(iou[i], torchvision.ops.box_iou(boxes1[i], boxes2[i]))
+
+
+def test_flat_and_paired_iou_are_the_same_iou():
+    g = torch.Generator().manual_seed(1)
+    boxes1, boxes2 = random_boxes(6, generator=g), random_boxes(6, generator=g)
+    torch.testing.assert_close(box_iou(boxes1, boxes2), torchvision.ops.box_iou(boxes1, boxes2))
+    torch.testing.assert_close(paired_box_iou(boxes1, boxes2, eps=0.0), box_iou(boxes1, boxes2).diagonal())
+    # [0,0,10,10] vs [5,0,15,10]: IoU 50 / 150; with eps, 50 / (150 + eps); enclosure [0,0,15,10]
+    a, b = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[5.0, 0, 15, 10]])
+    torch.testing.assert_close(paired_box_iou(a, b, eps=50.0), torch.tensor([0.25]))
+    torch.testing.assert_close(enclosing_box(a, b), torch.tensor([[0.0, 0, 15, 10]]))
 
 
 def test_iou_hand_worked_and_degenerate():

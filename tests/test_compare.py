@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from detector import config as config_lib
-from detector.compare import Cell, cell_config, check_reusable, config_differences, plan, train_matrix
-from detector.config import Config, ConfigError
+from detector.engine import config as config_lib
+from detector.engine.config import Config, ConfigError
+from detector.lab.compare import Cell, cell_config, check_reusable, config_differences, plan, train_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,9 +112,9 @@ def test_compare_script_trains_then_reports_without_retraining(tmp_path):
 
 
 def test_parity_configurations_differ_only_where_the_implementations_do(tmp_path):
-    from detector import config as config_lib
-    from detector.benchmark import parity_configs
-    from detector.compare import config_differences
+    from detector.engine import config as config_lib
+    from detector.lab.benchmark import parity_configs
+    from detector.lab.compare import config_differences
 
     configs = parity_configs(config_lib.load(), str(tmp_path), seed=2)
     ours, theirs = configs["ours"], configs["torchvision"]

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from detector import config as config_lib
-from detector.config import Config, ConfigError
+from detector.engine import config as config_lib
+from detector.engine.config import Config, ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

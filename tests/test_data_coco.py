@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from detector.config import DataConfig
-from detector.data import CocoDetection, DataError, build_dataset
+from detector.data import CocoDetection, DataError
+from detector.engine.build import build_dataset
+from detector.engine.config import DataConfig
 
 TINY_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_coco"
 
@@ -117,7 +118,7 @@ def test_tiny_coco_through_build_dataset_with_resize(tiny_coco):
 
 
 def test_fixture_targets_are_cleaned(fixture_root, caplog):
-    with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = CocoDetection(fixture_root, "train")
     assert ds.image_ids == [2, 5, 9]  # ascending id, not file order
     assert ds.class_names == ["cat", "dog", "bird"]
@@ -169,7 +170,7 @@ def test_missing_paths_are_named(fixture_root, tmp_path):
 
 def test_missing_images_can_be_skipped(fixture_root, caplog):
     (fixture_root / "train" / "b.png").unlink()
-    with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = CocoDetection(fixture_root, "train", skip_bad_images=True)
     assert ds.image_ids == [2, 9] and sorted(ds.coco.getImgIds()) == [2, 9]
     assert all(a["image_id"] != 5 for a in ds.coco.dataset["annotations"])
@@ -224,7 +225,7 @@ def test_missing_area_and_iscrowd_get_coco_defaults(tmp_path):
 
 
 def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
-    from detector.data.coco import load_image
+    from detector.data.images import load_image
 
     # A 16-bit greyscale PNG: value v becomes v >> 8 (65535 -> 255, 7680 -> 30), in all 3 channels.
     values = (np.arange(32 * 64).reshape(32, 64) * 30).astype(np.uint16)

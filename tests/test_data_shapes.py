@@ -11,10 +11,11 @@ import pytest
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from detector.config import DataConfig
-from detector.data import CocoDetection, DetectionDataModule, build_dataset, collate, ensure_shapes
-from detector.data import shapes
+from detector.data import CocoDetection, collate, ensure_shapes, shapes
 from detector.data.transforms import DetectionTransform, hflip, resize
+from detector.engine.build import build_dataset
+from detector.engine.config import DataConfig
+from detector.engine.datamodule import DetectionDataModule
 
 SMALL = dict(image_size=64, num_train=40, num_val=12, seed=0)
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from detector.config import DataConfig
-from detector.data import DataError, VocDetection, build_dataset
+from detector.data import DataError, VocDetection
 from detector.data.voc import VOC_CLASSES
+from detector.engine.build import build_dataset
+from detector.engine.config import DataConfig
 
 
 def _object(name: str, box: tuple[int, int, int, int], difficult: int = 0) -> str:
@@ -128,7 +129,7 @@ def test_missing_files_are_named(voc_root, tmp_path, caplog):
     (voc_root / "JPEGImages" / "000007.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"000007\.jpg"):
         VocDetection(voc_root, "train")
-    with caplog.at_level(logging.WARNING, logger="detector.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = VocDetection(voc_root, "train", skip_bad_images=True)
     assert ds.image_ids == [1, 3] and sorted(ds.coco.getImgIds()) == [1, 3]
     assert [r.getMessage() for r in caplog.records if "leaving out" in r.getMessage()] == [

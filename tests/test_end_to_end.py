@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from detector import config as config_lib
-from detector.training import train
+from detector.engine import config as config_lib
+from detector.engine.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"
@@ -113,7 +113,7 @@ def test_gradient_statistics_recorded_for_both_heads(shapes_run):
 
 
 def test_a_failing_run_is_marked_failed(tmp_path, monkeypatch):
-    from detector.lit import DetectorModule
+    from detector.engine.module import DetectorModule
 
     def broken_step(self, batch, batch_idx):
         raise RuntimeError("boom")
@@ -134,7 +134,7 @@ def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):
 
     from detector.data.shapes import ensure_shapes
     from detector.data.voc import VOC_CLASSES
-    from detector.report import write_report
+    from detector.lab.report import write_report
 
     shapes = tmp_path / "shapes"
     ensure_shapes(shapes, image_size=64, num_train=16, num_val=8, seed=0)
@@ -170,7 +170,7 @@ def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_mixed_precision_preset_trains_in_fp32_on_the_cpu(caplog):
-    from detector.training import resolve_precision
+    from detector.engine.training import resolve_precision
 
     cfg = config_lib.load(REPO / "configs" / "shapes_gpu.yaml", overrides=["train.accelerator=auto"])
     assert cfg.train.precision == "bf16-mixed"

@@ -18,7 +18,7 @@ import torch
 from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
-from detector.evaluation import (
+from detector.engine.evaluation import (
     STAT_NAMES,
     detections_to_coco_results,
     evaluate_coco,

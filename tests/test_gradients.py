@@ -1,14 +1,16 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from detector.gradients import GradientLog, GradientProbe
-from detector.losses import build_loss
+from detector.engine.callbacks import GradientStatistics
+from detector.model.gradients import GradientProbe
+from detector.model.losses import build_loss
 
 
-def probe_after_backward(loss_name, x, foreground, weight=2.0):
-    """Drive a probe as a head does: loss summed over foreground, times weight / normaliser."""
+def probe_backward(loss_name, x, foreground, weight=2.0):
+    """A probe driven as a head drives it: loss summed over foreground, times weight / normaliser."""
     loss = build_loss(loss_name)
     output = x.clone().requires_grad_(True)
     normaliser = torch.tensor(4.0)
@@ -16,7 +18,11 @@ def probe_after_backward(loss_name, x, foreground, weight=2.0):
     probe.attach(output, foreground, weight / normaliser)
     values = loss(output, torch.zeros_like(output)) * foreground[..., None]
     (weight * values.sum() / normaliser).backward()
-    return probe.statistics(step=7)
+    return probe
+
+
+def probe_after_backward(loss_name, x, foreground, weight=2.0):
+    return probe_backward(loss_name, x, foreground, weight).statistics(step=7)
 
 
 def test_l2_statistics_are_the_loss_derivative_2x():
@@ -38,15 +44,23 @@ def test_l1_and_smooth_l1_fraction_at_bound():
     assert row["median"] == pytest.approx((0.45 + 1.0) / 2, rel=1e-5)  # sorted 0.09, 0.45, 1, 1
 
 
-def test_no_foreground_gives_no_row_and_log_appends(tmp_path):
+def test_no_foreground_gives_no_row():
     assert probe_after_backward("l1", torch.ones(1, 4), torch.tensor([False])) is None
-    log = GradientLog(tmp_path / "gradients.csv")
-    log.write({"step": 0, "head": "rpn", "loss": "l1", "count": 1, "mean": 1, "median": 1, "p90": 1, "p99": 1,
-               "max": 1, "fraction_at_bound": 1})
-    log.close()
-    log = GradientLog(tmp_path / "gradients.csv")  # a resumed run appends below the header
-    log.write({"step": 10, "head": "rpn", "loss": "l1", "count": 1, "mean": 1, "median": 1, "p90": 1, "p99": 1,
-               "max": 1, "fraction_at_bound": 1})
-    log.close()
-    lines = (tmp_path / "gradients.csv").read_text().splitlines()
-    assert lines[0].startswith("step,head,loss") and len(lines) == 3
+
+
+def test_gradient_csv_rows_at_logging_steps_appended_below_one_header(tmp_path):
+    path = tmp_path / "gradients.csv"
+    for run in range(2):  # the second fit is a resumed run: it appends below the existing header
+        callback = GradientStatistics(path, every_n_steps=10)
+        trainer = SimpleNamespace(is_global_zero=True, global_step=0)
+        callback.on_fit_start(trainer, None)
+        for step in (10 * run, 10 * run + 5):  # only the first is a logging step
+            module = SimpleNamespace(diverged=None, gradient_probes=[probe_backward("l1", torch.ones(1, 4),
+                                                                                     torch.tensor([True]))])
+            trainer.global_step = step + 1  # Lightning has advanced past the step the probe saw
+            callback.on_train_batch_end(trainer, module, None, None, 0)
+        callback.teardown(trainer, None, "fit")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "step,head,loss,count,mean,median,p90,p99,max,fraction_at_bound"
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "10"]
+    assert lines[1].startswith("0,box_head,l1,4,1.0,1.0,1.0,1.0,1.0,1.0")

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detector.boxes import BoxCoder
-from detector.losses import REGISTRY, box_regression_loss, build_loss
+from detector.model.boxes import BoxCoder
+from detector.model.losses import REGISTRY, box_regression_loss, build_loss
 
 DELTA_REFERENCES = {
     "l1": lambda p, t: F.l1_loss(p, t, reduction="none"),

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from detector import config as config_lib
-from detector.losses import REGISTRY
-from detector.model import build_model
+from detector.engine import config as config_lib
+from detector.engine.build import build_model
+from detector.model.losses import REGISTRY
 
 SMALL = ["model.feature_channels=32", "model.representation_size=64", "model.box_batch_size_per_image=32",
          "model.rpn_pre_nms_top_n_train=200", "model.rpn_post_nms_top_n_train=50"]
@@ -125,7 +125,7 @@ def test_predictor_initialisation_follows_the_option():
 
 
 def test_large_feature_maps_fall_back_to_torchvision_roi_align(monkeypatch):
-    import detector.roi_heads as roi_heads
+    import detector.model.roi_heads as roi_heads
 
     model = build_model(config_lib.load(overrides=SMALL), num_classes=3).eval()
     features = torch.randn(2, 32, 8, 10)
@@ -165,8 +165,8 @@ def test_mixed_precision_keeps_boxes_and_losses_in_fp32(name):
 def test_rpn_losses_equal_the_dense_computation(name):
     """The RPN gathers its sampled positives and uses the separable anchor IoU; the result
     equals labelling every anchor with the generic IoU and masking the regression loss."""
-    from detector.losses import box_regression_loss
-    from detector.targets import assign, sample_balanced
+    from detector.model.losses import box_regression_loss
+    from detector.model.targets import assign, sample_balanced
 
     torch.manual_seed(0)
     rpn = build_model(config_lib.load(overrides=SMALL + [f"loss.name={name}"]), num_classes=3).rpn

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from detector.report import Condition, group_runs, load_run, paired_difference, run_table, summarise, write_report
+from detector.lab.report import Condition, group_runs, load_run, paired_difference, run_table, summarise, write_report
 
 
 def make_run(root, name, loss, ap, *, seed=0, noise=0.0, status="completed", diverged_at_step=None, train_s=480.0):

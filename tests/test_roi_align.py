@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from detector.roi_align import roi_align
+from detector.model.roi_align import roi_align
 
 
 @pytest.mark.parametrize("aligned", [True, False])

@@ -3,8 +3,8 @@ import torch
 import torchvision
 from torchvision.models.detection._utils import Matcher
 
-from detector.boxes import batched_box_iou
-from detector.targets import assign, match, sample_balanced
+from detector.model.boxes import batched_box_iou
+from detector.model.targets import assign, match, sample_balanced
 
 
 def make_batch(seed, n=4, r=60, g=5):
@@ -108,8 +108,8 @@ def test_sparse_anchor_matching_equals_torchvision_matcher(low_quality, threshol
     dense IoU of the same anchors, image by image. The boxes include ones larger than every
     anchor (whose best IoU is shared by many anchors: ties), ones partly outside the image,
     tiny ones, and an image without ground truth."""
-    from detector.anchors import AnchorGenerator
-    from detector.targets import label_sparse, matched_box
+    from detector.model.anchors import AnchorGenerator
+    from detector.model.targets import label_sparse, matched_box
 
     high, low = thresholds
     generator = AnchorGenerator(sizes=[8, 16, 32, 64], aspect_ratios=[0.5, 1.0, 2.0], stride=8)
@@ -147,10 +147,11 @@ def test_rpn_labels_equal_torchvision_on_the_benchmark_inputs():
     """The benchmark's inputs (anchors of 800x1333 images, 200,400 per image, and up to 20
     random boxes of 16-400 px): the RPN's labels and matched boxes equal torchvision's Matcher
     on every anchor, so the speed-up compares equal work."""
-    from detector.benchmark import assignment_inputs
-    from detector.config import Config
-    from detector.model import FasterRCNN, build_model
-    from detector.targets import label_sparse, matched_box
+    from detector.engine.build import build_model
+    from detector.engine.config import Config
+    from detector.lab.benchmark import assignment_inputs
+    from detector.model import FasterRCNN
+    from detector.model.targets import label_sparse, matched_box
 
     inputs = assignment_inputs(2, "cpu", seed=3)
     rpn = build_model(Config(), num_classes=80).rpn

@@ -1,20 +1,30 @@
 """Datasets for the detector: the generated ``shapes`` set, COCO-format and PASCAL VOC readers,
-geometric transforms, collate and the LightningDataModule. See data/README.md for layouts.
+image decoding, geometric transforms, the epoch sampler and box noise. Records and tensors out;
+nothing here knows of the model, the configuration or Lightning (the engine builds datasets from
+the configuration: ``detector/engine/build.py``). See data/README.md for the layouts.
 Unusable dataset files raise :class:`DataError` (missing ones FileNotFoundError), naming the file."""
 
-from detector.data.coco import CocoDetection, DetectionDataset
-from detector.data.datamodule import DetectionDataModule, build_dataset, collate
-from detector.data.errors import DataError
+from detector.data.coco import CocoDetection
+from detector.data.dataset import DetectionDataset, ImageRecord, collate
+from detector.data.errors import DataError, error_message
+from detector.data.images import load_image
+from detector.data.noise import corrupt_boxes
+from detector.data.sampler import EpochSampler
 from detector.data.shapes import ensure_shapes
+from detector.data.transforms import DetectionTransform
 from detector.data.voc import VocDetection
 
 __all__ = [
     "CocoDetection",
     "DataError",
-    "DetectionDataModule",
     "DetectionDataset",
+    "DetectionTransform",
+    "EpochSampler",
+    "ImageRecord",
     "VocDetection",
-    "build_dataset",
     "collate",
+    "corrupt_boxes",
     "ensure_shapes",
+    "error_message",
+    "load_image",
 ]

@@ -1,19 +1,11 @@
-"""COCO-format detection datasets (the bundled shapes dataset and real COCO), and the shared
-:class:`DetectionDataset` base that the VOC reader also builds on.
+"""COCO-format detection datasets (the bundled shapes dataset, real COCO, any COCO export).
 
 Layout on disk::
 
     root/annotations/instances_{split}.json
     root/{split}/<file_name of each image>
 
-Tensor shapes: G boxes of one image; K foreground classes.
-
-Every dataset carries two views of the same annotations:
-- training targets per image: crowd objects removed, boxes clipped to the image, boxes with
-  no width or height dropped, categories mapped to contiguous labels 1..K;
-- ``coco``: an in-memory pycocotools ground truth restricted to this dataset's images and
-  categories, with crowd annotations kept (COCOeval ignores detections matched to them), which
-  the evaluator hands to COCOeval unchanged.
+Training targets and the ground truth are built by :class:`~detector.data.dataset.DetectionDataset`.
 
 Unusable files are errors that name the file and the problem: DataError for a malformed or
 inconsistent instances file or an undecodable image, FileNotFoundError for a missing one.
@@ -21,121 +13,17 @@ inconsistent instances file or an undecodable image, FileNotFoundError for a mis
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import math
 import os
-import re
-import struct
-import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
-from pycocotools.coco import COCO
-from torch import Tensor
-from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2.functional import to_dtype
 
+from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, ImageRecord, Transform, select_categories
 from detector.data.errors import DataError
-
-logger = logging.getLogger(__name__)
-
-# (image, boxes, generator for random choices) -> (image, boxes, scale)
-Transform = Callable[[Tensor, Tensor, "torch.Generator | None"], tuple[Tensor, Tensor, float]]
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image and its training targets (crowd / difficult objects already left out)."""
-
-    path: str
-    image_id: int
-    height: int
-    width: int
-    boxes: np.ndarray  # (G, 4) float32 xyxy, absolute pixels of the stored image (readers may pass float64)
-    labels: np.ndarray  # (G,) int64 in 1..K
-
-
-class DetectionDataset(Dataset):
-    """Images decoded to uint8 (3, H, W) plus targets; see ``__getitem__`` for the format.
-
-    Subclasses parse their annotation format into ``records`` and a COCO-format ground-truth
-    dict; this class cleans the training boxes, builds the pycocotools object and decodes.
-    ``source`` is the annotation file that log lines and errors name.
-    """
-
-    def __init__(
-        self,
-        *,
-        records: Sequence[ImageRecord],
-        class_names: Sequence[str],
-        label_to_category_id: dict[int, int],
-        coco_dataset: dict[str, Any],
-        transform: Transform | None,
-        source: str,
-    ):
-        self.records = _clean_boxes(records, source)
-        self.source = source
-        self.class_names = list(class_names)
-        self.label_to_category_id = dict(label_to_category_id)
-        self.image_ids = [record.image_id for record in self.records]
-        self.transform = transform
-        self.coco = COCO()
-        self.coco.dataset = coco_dataset
-        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
-            self.coco.createIndex()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
-        """``key``: an index, or (index, draw) from :class:`~detector.data.sampler.EpochSampler`,
-        whose draw seeds this image's random augmentation. Returns image uint8 (3, H, W) and a
-        target dict:
-
-        boxes float32 (G, 4) xyxy in pixels of the returned image; labels int64 (G,) in 1..K;
-        image_id (the id in ``coco``); scale (returned size / stored size, 1.0 without
-        resizing); orig_size (h, w) of the stored image.
-        """
-        index, draw = key if isinstance(key, tuple) else (key, None)
-        record = self.records[index]
-        try:
-            image = load_image(record.path)
-        except DataError as exc:
-            raise DataError(f"{exc} (set data.skip_bad_images=true to leave out such images)") from None
-        if tuple(image.shape[-2:]) != (record.height, record.width):
-            raise DataError(
-                f"{record.path}: image is {image.shape[-1]}x{image.shape[-2]} pixels but "
-                f"{self.annotation_file(record)} says {record.width}x{record.height}"
-            )
-        boxes = torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4)  # a copy: never alias the records
-        scale = 1.0
-        if self.transform is not None:
-            generator = torch.Generator().manual_seed(draw) if draw is not None else None
-            image, boxes, scale = self.transform(image, boxes, generator)
-        target = {
-            "boxes": boxes,
-            "labels": torch.tensor(record.labels, dtype=torch.int64),
-            "image_id": record.image_id,
-            "scale": scale,
-            "orig_size": (record.height, record.width),
-        }
-        return image, target
-
-    def annotation_file(self, record: ImageRecord) -> str:
-        """The file that holds ``record``'s annotations."""
-        return self.source
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({len(self)} images, {len(self.class_names)} classes, "
-                f"transform={self.transform!r})")
+from detector.data.images import find_bad_images
 
 
 class CocoDetection(DetectionDataset):
@@ -205,26 +93,6 @@ class CocoDetection(DetectionDataset):
             transform=transform,
             source=str(ann_file),
         )
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-# A side beyond PNG's limit (JPEG stops at 65535) is a corrupt value, not an image.
-MAX_IMAGE_SIDE = 2**31 - 1
-
-
-def select_categories(requested: Sequence[str], available: Sequence[str], source: str) -> set[str]:
-    """Validate a category subset by name; empty means all. Errors list the valid names."""
-    if not requested:
-        return set(available)
-    unknown = [name for name in requested if name not in available]
-    if unknown:
-        raise DataError(
-            f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))} "
-            f"for {source}; valid names: {', '.join(available)}"
-        )
-    return set(requested)
 
 
 def _is_finite_number(value: Any) -> bool:
@@ -354,103 +222,3 @@ def _require_files(images: list[dict], image_dir: Path, ann_file: Path) -> None:
             f"image file not found: {image_dir / missing[0]['file_name']} ({len(missing)} of {len(images)} "
             f"images listed in {ann_file} are missing; set data.skip_bad_images=true to leave them out)"
         )
-
-
-_PROGRESS_EVERY_S = 30.0
-
-
-def find_bad_images(paths: Sequence[Path], source: str) -> set[str]:
-    """Decode every image once; returns the paths of those missing or undecodable, counted in
-    one warning that shows the first problem. When none is readable: DataError."""
-    problems: dict[str, str] = {}
-    reported = time.monotonic()
-    for done, path in enumerate(paths, start=1):
-        try:
-            load_image(str(path))
-        except (DataError, FileNotFoundError) as exc:
-            problems[str(path)] = str(exc)
-        if time.monotonic() - reported > _PROGRESS_EVERY_S:
-            logger.info("%s: checked %d of %d images", source, done, len(paths))
-            reported = time.monotonic()
-    if problems:
-        first = next(iter(problems.values()))
-        if len(problems) == len(paths):
-            raise DataError(f"{source}: none of its {len(paths)} images can be read (first: {first})")
-        logger.warning("%s: leaving out %d of %d images whose files are missing or cannot be decoded "
-                       "(first: %s)", source, len(problems), len(paths), first)
-    return set(problems)
-
-
-def _clean_boxes(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
-    """Clip training boxes to their image and drop those with no width or height.
-
-    Dropped boxes are counted and reported in one warning per dataset, naming the files.
-    """
-    cleaned, dropped, files = [], 0, []
-    for record in records:
-        # Clipped in float64: a huge coordinate would overflow float32 to inf.
-        boxes = record.boxes.astype(np.float64)
-        np.clip(boxes[:, 0::2], 0, record.width, out=boxes[:, 0::2])
-        np.clip(boxes[:, 1::2], 0, record.height, out=boxes[:, 1::2])
-        boxes = boxes.astype(np.float32)
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        if not valid.all():
-            dropped += int((~valid).sum())
-            files.append(os.path.basename(record.path))
-        cleaned.append(ImageRecord(record.path, record.image_id, record.height, record.width,
-                                   boxes[valid], record.labels[valid]))
-    if dropped:
-        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-        logger.warning("%s: dropped %d training boxes with zero or negative width or height "
-                       "(after clipping to the image), in %s", source, dropped, shown)
-    return cleaned
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# torchvision's errors start with the C++ function and source line: "decode_jpeg, /.../decode_jpeg.cpp:171, ".
-_CPP_LOCATION = re.compile(r"^[^,\n]*, \S+\.(?:cpp|h):\d+, ")
-
-
-def load_image(path: str) -> Tensor:
-    """Decode to uint8 (3, H, W) RGB. A missing file is a FileNotFoundError, any other problem
-    a DataError, both naming the file."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except (OSError, ValueError) as exc:  # a folder, no permission, a NUL in the name
-        raise DataError(f"{path}: cannot read image: {getattr(exc, 'strerror', None) or exc}") from None
-    problem = "the file is empty" if not data else _png_problem(data) if data.startswith(_PNG_SIGNATURE) else None
-    if problem is None:
-        try:
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            # 16-bit PNGs decode to uint16; the model's normalisation expects 0-255.
-            return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
-        except RuntimeError as exc:
-            problem = _CPP_LOCATION.sub("", str(exc))
-    raise DataError(f"{path}: cannot decode image: {problem}")
-
-
-def _png_problem(data: bytes) -> str | None:
-    """What is wrong with a PNG's chunk structure (lengths, types, CRCs, the final IEND), or None.
-
-    torchvision 0.29's decode_png crashes the process (segfault) when libpng reports damage
-    inside the pixel data, as one flipped byte causes; the chunk CRCs reveal such damage first.
-    A PNG crafted with valid CRCs around a broken zlib stream would still crash it.
-    """
-    view = memoryview(data)
-    pos = len(_PNG_SIGNATURE)
-    while pos + 12 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        end = pos + 12 + length  # length, type, data, CRC
-        if end > len(data):
-            break
-        if not kind.isalpha():
-            return f"invalid PNG chunk type {kind!r} at byte {pos + 4}"
-        if zlib.crc32(view[pos + 4:end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
-            return f"PNG chunk {kind.decode()} at byte {pos} is corrupt (CRC mismatch)"
-        if kind == b"IEND":
-            return None
-        pos = end
-    return "the PNG file is truncated (it ends before its IEND chunk)"

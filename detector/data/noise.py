@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from detector.data.coco import ImageRecord
+from detector.data.dataset import ImageRecord
 
 logger = logging.getLogger(__name__)
 

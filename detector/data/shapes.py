@@ -281,7 +281,13 @@ def _sample_box(label: int, size: int, rng: np.random.Generator) -> tuple[float,
 
 
 def _free(box: np.ndarray, placed: list[list[float]]) -> bool:
-    """Whether ``box`` (xyxy) overlaps every placed box little enough to keep both visible."""
+    """Whether ``box`` (xyxy) overlaps every placed box little enough to keep both visible.
+
+    Its own IoU in float64 NumPy rather than ``detector.model.boxes``: the data room does not
+    import the model, the rendering workers load NumPy and PIL only (no torch, see
+    ``_generate``), and these float64 values decide which objects exist, so computing them
+    otherwise would change the bundled dataset's bytes.
+    """
     if not placed:
         return True
     others = np.asarray(placed)  # (G, 4)

@@ -22,10 +22,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from detector.data.coco import (
-    MAX_IMAGE_SIDE, DetectionDataset, ImageRecord, Transform, find_bad_images, select_categories,
-)
+from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, ImageRecord, Transform, select_categories
 from detector.data.errors import DataError
+from detector.data.images import find_bad_images
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -13,13 +13,12 @@ A run directory holds everything a report needs:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import logging
 import os
-import signal
-import threading
 import time
 import warnings
 from datetime import datetime
@@ -33,20 +32,21 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from detector import config as config_lib
-from detector.config import Config, ConfigError
-from detector.data import DetectionDataModule
-from detector.evaluation import format_metrics_table
-from detector.gradients import GradientLog
-from detector.io import atomic_write_json, atomic_write_text
-from detector.lit import DetectorModule
+from detector.engine import config as config_lib
+from detector.engine.build import regression_loss_records
+from detector.engine.callbacks import GradientStatistics, StopOnSignal
+from detector.engine.config import Config, ConfigError
+from detector.engine.datamodule import DetectionDataModule
+from detector.engine.evaluation import format_metrics_table
+from detector.engine.io import atomic_path, atomic_write_json, atomic_write_text, read_csv_rows
+from detector.engine.module import DetectorModule
 
 log = logging.getLogger(__name__)
 
 # The run directory already holds config.yaml and metrics.json when the CSV logger opens it;
 # Lightning's warning about a non-empty folder would wrongly suggest something gets lost.
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-# A step with a non-finite loss returns None on purpose (divergence stops the run, see lit.py).
+# A step with a non-finite loss returns None on purpose (divergence stops the run, see module.py).
 warnings.filterwarnings("ignore", message=".*`training_step` returned `None`")
 # Our samplers resume mid-epoch themselves (detector/data/sampler.py), which Lightning cannot see.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
@@ -73,11 +73,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     stopped while saving keeps its previous checkpoint intact."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            super().save_checkpoint(checkpoint, partial, storage_options)
 
 
 def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) -> pl.Trainer:
@@ -125,6 +122,19 @@ def build_evaluator(cfg: Config) -> pl.Trainer:
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 
 
+class RunRecord:
+    """The run's metrics.json: fields added as the run goes and written at every status change
+    (by rank 0 only), so the file always says how far the run got."""
+
+    def __init__(self, path: Path, *, enabled: bool, **fields: Any):
+        self.path, self.enabled, self.fields = path, enabled, dict(fields)
+
+    def save(self, **fields: Any) -> None:
+        self.fields.update(fields)
+        if self.enabled:
+            atomic_write_json(self.path, self.fields)
+
+
 def train(cfg: Config, *, resume: bool = False) -> Path:
     """Train as configured; return the run directory (metrics.json says how it went).
 
@@ -139,94 +149,58 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     pl.seed_everything(t.seed, workers=True, verbose=False)
     resolve_precision(cfg)
     run_dir = Path(t.out_dir) / (t.run_name or default_run_name(cfg))
-    previous: dict[str, Any] = {}
-    checkpoint = None
-    if resume:
-        checkpoint = resume_checkpoint(run_dir)
-        previous = json.loads((run_dir / "metrics.json").read_text())
-        # Lightning's CSV logger deletes an existing metrics.csv when it opens the folder.
-        if (run_dir / "metrics.csv").is_file():
-            os.replace(run_dir / "metrics.csv", run_dir / EARLIER_METRICS)
-    trainer = build_trainer(cfg, run_dir)
-    zero = trainer.is_global_zero  # only rank 0 writes the run directory's files
-    metrics_path = run_dir / "metrics.json"
-    record: dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "config": config_lib.to_dict(cfg)}
-
-    def save_record(**fields: Any) -> None:
-        """Add ``fields`` to the run's record and write it to metrics.json (rank 0 only)."""
-        record.update(fields)
-        if zero:
-            atomic_write_json(metrics_path, record)
-
-    if zero:
+    checkpoint, previous = prepare_resume(run_dir) if resume else (None, {})
+    stop = StopOnSignal(run_dir / "checkpoints" / INTERRUPTED_CHECKPOINT)
+    gradients = GradientStatistics(run_dir / "gradients.csv", t.log_every_n_steps) if t.gradient_stats else None
+    trainer = build_trainer(cfg, run_dir, callbacks=[stop, *([gradients] if gradients else [])])
+    record = RunRecord(run_dir / "metrics.json", enabled=trainer.is_global_zero,
+                       status="running", run_dir=str(run_dir), config=config_lib.to_dict(cfg))
+    if trainer.is_global_zero:  # only rank 0 writes the run directory's files
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.save(cfg, run_dir / "config.yaml")
-    save_record(**({"resumed_from": str(checkpoint)} if checkpoint else {}))
+    record.save(**({"resumed_from": str(checkpoint)} if checkpoint else {}))
 
-    try:
-        data = DetectionDataModule(cfg.data, seed=t.seed)
-        data.setup("fit")  # generates the shapes dataset on first use
-    except BaseException as exc:  # a dataset that cannot be read: the run failed before training
-        save_record(status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
+    data = prepare_data(cfg, record)
     data_ready = time.perf_counter()
     module = DetectorModule.from_config(cfg, data.train_dataset)
     module.val_dataset = data.val_dataset
-    module.interrupt_checkpoint = str(run_dir / "checkpoints" / INTERRUPTED_CHECKPOINT)
-    record["loss"] = module.model.regression_loss_records()
-    record["num_train_images"] = len(data.train_dataset)
-    record["num_val_images"] = len(data.val_dataset)
-    record["class_names"] = module.class_names
+    record.fields.update(loss=regression_loss_records(cfg), num_train_images=len(data.train_dataset),
+                         num_val_images=len(data.val_dataset), class_names=module.class_names)
     if checkpoint is not None:
         data.resume_global_step = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
-        record["resumed_from_step"] = data.resume_global_step
+        record.fields["resumed_from_step"] = data.resume_global_step
 
-    if t.gradient_stats and zero:
-        module.gradient_log = GradientLog(run_dir / "gradients.csv")
     try:
-        with StopOnSignal() as stop:
-            module.stop_requested = stop.requested
-            trainer.fit(module, datamodule=data, ckpt_path=str(checkpoint) if checkpoint else None)
+        trainer.fit(module, datamodule=data, ckpt_path=str(checkpoint) if checkpoint else None)
     except SIGTERMException:
-        # Lightning stops the loop on SIGTERM (on every rank) after the step in which our
-        # handler saved the checkpoint: the interrupted-run path below records it.
+        # Lightning stops the loop on SIGTERM (on every rank) after the step in which the
+        # StopOnSignal callback saved the checkpoint: the interrupted-run path below records it.
         pass
     except BaseException as exc:
         # Never leave a run directory that says "running" (or worse) for a run that failed.
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))  # a second Ctrl-C: stop at once
-        save_record(status="interrupted" if interrupted else "failed", steps=trainer.global_step,
+        record.save(status="interrupted" if interrupted else "failed", steps=trainer.global_step,
                     **({} if interrupted else {"error": f"{type(exc).__name__}: {exc}"}))
         raise
     finally:
-        if module.gradient_log is not None:
-            module.gradient_log.close()
-        if checkpoint is not None and zero:
+        if checkpoint is not None and trainer.is_global_zero:
             _merge_metrics_csv(run_dir, until_step=data.resume_global_step)
     trained = time.perf_counter()
     train_s = round(trained - data_ready + previous.get("timings", {}).get("train_s", 0.0), 2)
     if module.diverged is not None:
-        save_record(status="diverged", diverged_at_step=module.diverged["step"], steps=module.diverged["step"],
+        record.save(status="diverged", diverged_at_step=module.diverged["step"], steps=module.diverged["step"],
                     divergence=module.diverged, timings={"train_s": train_s})
         log.error("training diverged at step %d (non-finite loss: %s); %s is marked diverged",
                   module.diverged["step"], module.diverged["losses"], run_dir)
         return run_dir
-    if module.interrupted_at_step is not None or trainer.interrupted or trainer.received_sigterm:
-        save_record(status="interrupted", steps=trainer.global_step, timings={"train_s": train_s})
+    if stop.stopped_at_step is not None or trainer.interrupted or trainer.received_sigterm:
+        record.save(status="interrupted", steps=trainer.global_step, timings={"train_s": train_s})
         log.warning("training stopped at step %d; continue it with: python scripts/train.py --resume %s",
                     trainer.global_step, run_dir)
         return run_dir
-    best = trainer.checkpoint_callback
-    if module.last_metrics_step != trainer.global_step:  # the final model was not validated yet
-        trainer.validate(module, datamodule=data, verbose=False)
-        final_ap = module.last_metrics["stats"]["AP"]
-        # ModelCheckpoint only acts on validations inside fit(); keep best.ckpt truthful.
-        if best.best_model_score is None or final_ap > float(best.best_model_score):
-            best.best_model_path = str(run_dir / "checkpoints" / "best.ckpt")
-            best.best_model_score = torch.tensor(final_ap)
-            trainer.save_checkpoint(best.best_model_path)
+    best = validate_final_model(trainer, module, data, run_dir)
     evaluated = time.perf_counter()
-
-    record.update({
+    record.fields.update({
         "status": "completed",
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
@@ -240,14 +214,69 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
             "total_s": round(time.perf_counter() - started + previous.get("timings", {}).get("train_s", 0.0), 2),
         },
     })
-    if zero:
+    if trainer.is_global_zero:
         atomic_write_json(run_dir / "detections_val.json", module.last_results)
-        atomic_write_json(metrics_path, record)
+        record.save()
         (run_dir / "checkpoints" / INTERRUPTED_CHECKPOINT).unlink(missing_ok=True)  # superseded
         print(f"\nrun directory: {run_dir}")
         print(format_metrics_table(module.last_metrics))
-        print(f"total time: {record['timings']['total_s']:.1f} s")
+        print(f"total time: {record.fields['timings']['total_s']:.1f} s")
     return run_dir
+
+
+def train_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
+    """``scripts/train.py``: train with the configuration of its arguments, or continue the run
+    of ``--resume`` with that run's own configuration (then no other option may be given)."""
+    if not args.resume:
+        return train(config_lib.from_args(args))
+    given = [a for a in argv if a.startswith("--") and not a.startswith("--resume")]
+    if given:
+        raise ConfigError(f"--resume continues a run with its own configuration; leave out {', '.join(given)}")
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    cfg = config_lib.load(run_dir / "config.yaml",
+                          overrides=[f"train.out_dir={run_dir.parent}", f"train.run_name={run_dir.name}"])
+    return train(cfg, resume=True)
+
+
+def prepare_data(cfg: Config, record: RunRecord) -> DetectionDataModule:
+    """The data module with both datasets read (the shapes dataset generated on first use); a
+    dataset that cannot be read marks the run failed before training."""
+    data = DetectionDataModule(cfg.data, seed=cfg.train.seed)
+    try:
+        data.setup("fit")
+    except BaseException as exc:
+        record.save(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    return data
+
+
+def validate_final_model(trainer: pl.Trainer, module: DetectorModule, data: DetectionDataModule,
+                         run_dir: Path) -> ModelCheckpoint:
+    """Validate the final model unless the last validation inside fit() already did, and keep
+    best.ckpt truthful (ModelCheckpoint only acts on validations inside fit()). Returns the
+    checkpoint callback, which knows the best and last checkpoints."""
+    best = trainer.checkpoint_callback
+    if module.last_metrics_step != trainer.global_step:
+        trainer.validate(module, datamodule=data, verbose=False)
+        final_ap = module.last_metrics["stats"]["AP"]
+        if best.best_model_score is None or final_ap > float(best.best_model_score):
+            best.best_model_path = str(run_dir / "checkpoints" / "best.ckpt")
+            best.best_model_score = torch.tensor(final_ap)
+            trainer.save_checkpoint(best.best_model_path)
+    return best
+
+
+def prepare_resume(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint an interrupted run continues from and its earlier metrics.json; moves its
+    metrics.csv aside, because Lightning's CSV logger deletes an existing one when it opens the
+    folder (``_merge_metrics_csv`` puts the rows back)."""
+    checkpoint = resume_checkpoint(run_dir)
+    previous = json.loads((run_dir / "metrics.json").read_text())
+    if (run_dir / "metrics.csv").is_file():
+        os.replace(run_dir / "metrics.csv", run_dir / EARLIER_METRICS)
+    return checkpoint, previous
 
 
 EARLIER_METRICS = ".metrics-before-resume.csv"
@@ -258,12 +287,8 @@ def _merge_metrics_csv(run_dir: Path, until_step: int) -> None:
     earlier_path, path = run_dir / EARLIER_METRICS, run_dir / "metrics.csv"
     if not earlier_path.is_file():
         return
-    with earlier_path.open(newline="") as handle:
-        earlier = [row for row in csv.DictReader(handle) if row.get("step") and int(row["step"]) < until_step]
-    later = []
-    if path.is_file():
-        with path.open(newline="") as handle:
-            later = list(csv.DictReader(handle))
+    earlier = [row for row in read_csv_rows(earlier_path) if row.get("step") and int(row["step"]) < until_step]
+    later = read_csv_rows(path)
     columns = sorted(set().union(*(row.keys() for row in earlier + later)))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -286,37 +311,6 @@ def resume_checkpoint(run_dir: Path) -> Path:
     if not candidates:
         raise ConfigError(f"--resume {run_dir}: the run ({status}) left no checkpoint in {run_dir / 'checkpoints'}")
     return max(candidates, key=lambda p: p.stat().st_mtime)
-
-
-class StopOnSignal:
-    """Ctrl-C or SIGTERM asks training to stop after the current step (it then saves a
-    checkpoint and marks the run interrupted); a second one stops at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self._requested = False
-        self._previous: dict[int, Any] = {}
-
-    def requested(self) -> bool:
-        return self._requested
-
-    def _handle(self, signum: int, frame) -> None:
-        if self._requested:
-            raise KeyboardInterrupt
-        self._requested = True
-        log.warning("%s: stopping after this step and saving a checkpoint (send it again to stop at once)",
-                    signal.Signals(signum).name)
-
-    def __enter__(self) -> "StopOnSignal":
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def _relative(path: str, root: Path) -> str | None:

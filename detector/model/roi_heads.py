@@ -1,7 +1,6 @@
 """Second stage: RoI sampling, RoIAlign, box head, class-specific predictor, losses, post-processing.
 
-Shapes: N images, M proposals per image, G padded ground truth per image, S sampled RoIs per
-image, C feature channels, P RoIAlign output size, K foreground classes (K+1 with background).
+Shape letters as in the ``detector`` package docstring.
 """
 
 from __future__ import annotations
@@ -11,22 +10,21 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from detector.boxes import BoxCoder, clip_boxes
-from detector.gradients import GradientProbe
-from detector.losses import RegressionLoss, box_regression_loss
-from detector.roi_align import roi_align
-from detector.targets import assign, sample_balanced
+from detector.model.boxes import BoxCoder, clip_boxes
+from detector.model.gradients import GradientProbe
+from detector.model.losses import RegressionLoss, box_regression_loss
+from detector.model.roi_align import roi_align
+from detector.model.targets import assign, sample_balanced
 
-
-# The separable RoIAlign materialises an (N, S*P, C*W) intermediate; above this many elements
+# The separable RoIAlign materialises an (N, S*Q, C*W) intermediate; above this many elements
 # (256 MB in fp32) torchvision's gather-based kernel is used instead. Both give equal values.
 SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = 64 * 2**20
 
 
 class RoIHeads(nn.Module):
     def __init__(self, *, in_channels: int, num_classes: int, spatial_scale: float, output_size: int,
-                 sampling_ratio: int, aligned: bool, representation_size: int, predictor_init: str, regression_loss: RegressionLoss,
-                 regression_weight: float, fg_iou_thresh: float, bg_iou_thresh: float,
+                 sampling_ratio: int, aligned: bool, representation_size: int, predictor_init: str,
+                 regression_loss: RegressionLoss, regression_weight: float, fg_iou_thresh: float, bg_iou_thresh: float,
                  batch_size_per_image: int, positive_fraction: float, score_thresh: float,
                  nms_thresh: float, detections_per_image: int):
         super().__init__()
@@ -62,7 +60,8 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
-        self.gradient_probe = GradientProbe("box_head", regression_loss.name, regression_loss.gradient_bound)
+        # Set by whoever wants the regression gradients (the engine, with train.gradient_stats).
+        self.regression_probe: GradientProbe | None = None
 
     def sample_rois(self, proposals: Tensor, proposal_valid: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                     gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -72,7 +71,7 @@ class RoIHeads(nn.Module):
         matched ground-truth boxes (N, S, 4). S is fixed, so an image with too few
         candidates gets padding rows labelled -1.
         """
-        candidates = torch.cat((proposals, gt_boxes), dim=1)  # (N, M+G, 4)
+        candidates = torch.cat((proposals, gt_boxes), dim=1)  # (N, P+G, 4)
         valid = torch.cat((proposal_valid, gt_valid), dim=1)
         labels, matched = assign(candidates, valid, gt_boxes, gt_labels, gt_valid,
                                  fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh=self.bg_iou_thresh,
@@ -81,7 +80,7 @@ class RoIHeads(nn.Module):
                                                    positive_fraction=self.positive_fraction)
         s = min(self.batch_size_per_image, candidates.shape[1])
         # Sampled positives first, then sampled negatives, then padding.
-        priority = 2.0 * positive + 1.0 * negative  # (N, M+G)
+        priority = 2.0 * positive + 1.0 * negative  # (N, P+G)
         index = priority.topk(s, dim=1).indices  # (N, S)
         sampled = torch.gather(positive | negative, 1, index)
         rois = torch.gather(candidates, 1, index[..., None].expand(-1, -1, 4))
@@ -95,7 +94,7 @@ class RoIHeads(nn.Module):
         c, h, w = features.shape[1:]
         if n * s * self.output_size * c * max(h, w) <= SEPARABLE_ROI_ALIGN_MAX_ELEMENTS:
             pooled = roi_align(features, rois, output_size=self.output_size, spatial_scale=self.spatial_scale,
-                               sampling_ratio=self.sampling_ratio, aligned=self.aligned)  # (N*S, C, P, P)
+                               sampling_ratio=self.sampling_ratio, aligned=self.aligned)  # (N*S, C, Q, Q)
         else:  # large feature maps (COCO-sized inputs): the dense intermediate would not fit
             pooled = torchvision.ops.roi_align(features, list(rois.detach()), self.output_size, self.spatial_scale,
                                                self.sampling_ratio, self.aligned)
@@ -105,15 +104,16 @@ class RoIHeads(nn.Module):
         return logits, deltas
 
     def losses(self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor, matched: Tensor) -> dict[str, Tensor]:
-        # Both losses are normalised by the number of sampled RoIs, as in torchvision's
-        # fastrcnn_loss and detectron2 (not by the number of positives).
+        # Both losses are normalised by the number of sampled RoIs, as torchvision's
+        # fastrcnn_loss and detectron2's FastRCNNOutputLayers do (not by the number of positives).
         num_sampled = (labels >= 0).sum().clamp(min=1)
         classification = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-1,
                                          reduction="sum") / num_sampled
         # (N, S, K+1, 4) -> (N, S, 4): the deltas predicted for the RoI's own class
         class_deltas = torch.gather(deltas, 2, labels.clamp(min=0)[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
         foreground = labels >= 1
-        self.gradient_probe.attach(class_deltas, foreground, self.regression_weight / num_sampled)
+        if self.regression_probe is not None:
+            self.regression_probe.attach(class_deltas, foreground, self.regression_weight / num_sampled)
         regression = box_regression_loss(self.regression_loss, class_deltas, matched, rois, self.coder, foreground)
         return {"loss_classifier": classification, "loss_box_reg": self.regression_weight * regression / num_sampled}
 
@@ -133,13 +133,12 @@ class RoIHeads(nn.Module):
     def postprocess(self, logits: Tensor, deltas: Tensor, proposals: Tensor, proposal_valid: Tensor,
                     image_sizes: Tensor) -> list[dict[str, Tensor]]:
         """Per-class boxes, score threshold, per-class NMS, top detections per image."""
-        n, m, k1 = logits.shape
-        k = k1 - 1
-        scores = F.softmax(logits, dim=-1)[..., 1:]  # (N, M, K) background dropped
-        boxes = self.coder.decode(deltas[:, :, 1:], proposals[:, :, None, :])  # (N, M, K, 4)
+        n, k = logits.shape[0], logits.shape[2] - 1
+        scores = F.softmax(logits, dim=-1)[..., 1:]  # (N, P, K) background dropped
+        boxes = self.coder.decode(deltas[:, :, 1:], proposals[:, :, None, :])  # (N, P, K, 4)
         boxes = clip_boxes(boxes, image_sizes[:, None, None, 0], image_sizes[:, None, None, 1])
         wide = (boxes[..., 2] - boxes[..., 0] >= 1e-2) & (boxes[..., 3] - boxes[..., 1] >= 1e-2)
-        keep = (scores > self.score_thresh) & wide & proposal_valid[:, :, None]  # (N, M, K)
+        keep = (scores > self.score_thresh) & wide & proposal_valid[:, :, None]  # (N, P, K)
         image_index, _, class_index = keep.nonzero(as_tuple=True)  # evaluation only: a host sync is fine
         flat_boxes, flat_scores = boxes[keep], scores[keep]
         kept = torchvision.ops.batched_nms(flat_boxes, flat_scores, image_index * k + class_index, self.nms_thresh)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
@@ -24,14 +24,17 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
-from detector.io import atomic_write_json, atomic_write_text
-from detector.plots import (
+from detector.engine import atomic_write_json, atomic_write_text, build_dataset, read_csv_rows
+from detector.engine.config import from_dict
+from detector.lab.plots import (
     plot_ap_vs_iou,
     plot_ap_vs_noise,
     plot_examples,
-    plot_gradient_groups,
+    plot_gradient_statistics,
     plot_training_curves,
 )
+
+logger = logging.getLogger(__name__)
 
 METRICS = ("AP", "AP50", "AP75", "AP90", "AP_small", "AP_medium", "AP_large")
 RUN_COLUMNS = ("run", "loss", "seed", "noise", "status", "steps", *METRICS, "VOC_AP50", "train_s")
@@ -227,7 +230,7 @@ def gradient_summary(conditions: list[Condition]) -> str:
         run = next((r for r in condition.runs if (Path(r["path"]) / "gradients.csv").is_file()), None)
         if run is None:
             continue
-        rows = _read_csv(Path(run["path"]) / "gradients.csv")
+        rows = read_csv_rows(Path(run["path"]) / "gradients.csv")
         for head in ("box_head", "rpn"):
             mine = [r for r in rows if r["head"] == head]
             if not mine:
@@ -240,11 +243,6 @@ def gradient_summary(conditions: list[Condition]) -> str:
                           f"{avg['max']:.3f}", bound]
             lines.append(f"| {condition.label} (seed {run['seed']}) | {head} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, baseline: str = "smooth_l1") -> Path:
@@ -266,16 +264,17 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
         "## AP against IoU threshold",
         "![AP against IoU threshold](ap_vs_iou.png)",
     ]
-    plot_ap_vs_iou(conditions, out_dir / "ap_vs_iou.png")
+    plot_ap_vs_iou({c.label: [r["ap_per_iou"] for r in c.completed if r["ap_per_iou"]] for c in conditions},
+                   out_dir / "ap_vs_iou.png")
     if len({c.noise for c in conditions}) > 1:
-        plot_ap_vs_noise(conditions, out_dir / "ap_vs_noise.png")
+        plot_ap_vs_noise(_noise_points(conditions), out_dir / "ap_vs_noise.png")
         sections += ["## AP against box noise",
                      "Training boxes displaced as outlier labels (`--train-box-noise`); validation is clean.",
                      "![AP against box noise](ap_vs_noise.png)"]
-    if plot_training_curves(conditions, out_dir / "training.png"):
+    if plot_training_curves(_run_tables(conditions, "metrics.csv"), out_dir / "training.png"):
         sections += ["## Training", "Training losses (smoothed) and validation AP during training, mean over seeds.",
                      "![training curves](training.png)"]
-    if plot_gradient_groups(conditions, out_dir / "gradients.png"):
+    if plot_gradient_statistics(_run_tables(conditions, "gradients.csv"), out_dir / "gradients.png"):
         sections += ["## Regression gradients during training",
                      "|dl/dx| of the foreground regression outputs (median solid, p99 dashed; mean over seeds) "
                      "and the fraction of outputs at the loss's gradient bound.",
@@ -283,7 +282,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
                      f"First seed of each condition, averaged over the first and the last {GRADIENT_WINDOW} "
                      "logged steps:",
                      gradient_summary(conditions)]
-    examples = plot_examples(conditions, out_dir / "examples.jpg")
+    examples = write_examples(conditions, out_dir / "examples.jpg")
     if examples:
         sections += ["## Example validation images",
                      f"Ground truth (green) and each condition's detections with score ≥ 0.5 (first seed): {examples}.",
@@ -304,6 +303,66 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
         "runs": [{k: v for k, v in r.items() if k != "path"} for r in rows],
     })
     return out_dir / "report.md"
+
+
+def _noise_points(conditions: list[Condition]) -> dict[str, dict[str, list[tuple[float, list[float]]]]]:
+    """loss -> metric -> [(noise level, the level's values over seeds)], for the noise plot."""
+    points: dict[str, dict[str, list[tuple[float, list[float]]]]] = {}
+    for condition in conditions:
+        for metric in ("AP", "AP90"):
+            values = list(condition.values(metric).values())
+            points.setdefault(condition.loss, {}).setdefault(metric, []).append((condition.noise, values))
+    return points
+
+
+def _run_tables(conditions: list[Condition], file_name: str) -> dict[str, list[list[dict[str, str]]]]:
+    """condition label -> the CSV rows of ``file_name`` of each of its runs that has one."""
+    tables = {c.label: [read_csv_rows(Path(r["path"]) / file_name) for r in c.runs] for c in conditions}
+    return {label: [t for t in seeds if t] for label, seeds in tables.items()}
+
+
+EXAMPLE_IMAGES = 4
+EXAMPLE_MIN_OBJECTS = 3
+EXAMPLE_SCORE = 0.5
+
+
+def write_examples(conditions: list[Condition], path: Path) -> str | None:
+    """A grid of validation images (rows) with the ground truth and each condition's detections
+    (columns, first completed seed). Returns a caption naming the images, or None when the
+    dataset is not available where the report is made (a report can be made far from the data)."""
+    runs = [(c, min(c.completed, key=lambda r: r["seed"] if r["seed"] is not None else 0)) for c in conditions if c.completed]
+    runs = [(c, r) for c, r in runs if (Path(r["path"]) / "detections_val.json").is_file()]
+    if not runs:
+        return None
+    try:
+        data_cfg = from_dict(json.loads((Path(runs[0][1]["path"]) / "metrics.json").read_text())["config"]).data
+        data_cfg.max_val_images = None
+        dataset = build_dataset(data_cfg, data_cfg.val_split, train=False)
+    except Exception as exc:  # noqa: BLE001 - any reason the data cannot be read only drops the figure
+        logger.warning("example images left out of the report: the validation data cannot be read (%s)", exc)
+        return None
+    coco = dataset.coco
+    index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+    chosen = [i for i in sorted(index_of) if len(coco.getAnnIds(imgIds=[i], iscrowd=None)) >= EXAMPLE_MIN_OBJECTS]
+    chosen = (chosen or sorted(index_of))[:EXAMPLE_IMAGES]
+    names = {cat["id"]: cat["name"] for cat in coco.dataset["categories"]}
+    detections: list[dict[int, list[Any]]] = []
+    for _, run in runs:
+        by_image: dict[int, list[Any]] = {}
+        for det in json.loads((Path(run["path"]) / "detections_val.json").read_text()):
+            if det["score"] >= EXAMPLE_SCORE:
+                text = f"{names.get(det['category_id'], '?')} {det['score']:.2f}"
+                by_image.setdefault(det["image_id"], []).append((det["bbox"], text))
+        detections.append(by_image)
+    images, boxes = [], []
+    for image_id in chosen:
+        image, _ = dataset[index_of[image_id]]  # uint8 (3, H, W) at the stored size
+        images.append(image.permute(1, 2, 0).numpy())
+        truth = [(a["bbox"], names[a["category_id"]]) for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))]
+        boxes.append([truth, *(by_image.get(image_id, []) for by_image in detections)])
+    titles = [f"ground truth (id {chosen[0]})", *(c.label for c, _ in runs)]
+    plot_examples(images, titles, boxes, path)
+    return f"validation images {', '.join(map(str, chosen))}"
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 
-from detector.boxes import BoxCoder
+from detector.model.boxes import BoxCoder, enclosing_box, paired_box_iou
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,9 @@ def l2(pred: Tensor, target: Tensor) -> Tensor:
 def smooth_l1(pred: Tensor, target: Tensor, beta: float = 1.0 / 9) -> Tensor:
     """0.5 x^2 / beta for |x| < beta, |x| - 0.5 beta beyond; d/dx = x / beta, then +-1.
 
-    beta defaults to 1/9, the value of torchvision's and Detectron's Faster R-CNN.
+    beta defaults to 1/9, torchvision's value in both stages of its Faster R-CNN (Detectron used
+    1/9 in the RPN and 1 in the box head; detectron2 defaults to 0, i.e. plain L1; MMDetection's
+    Faster R-CNN configs use L1).
     """
     return F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
 
@@ -181,24 +183,12 @@ def balanced_l1(pred: Tensor, target: Tensor, alpha: float = 0.5, gamma: float =
 # Default weight 10, as the GIoU paper's Faster R-CNN and MMDetection's configs use: an IoU
 # loss is one number per box in [0, 2], where a delta loss sums four larger terms.
 
-def _iou_and_enclosure(pred: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """IoU (M,), enclosing-box corners (M, 2) each."""
-    top_left = torch.maximum(pred[:, :2], target[:, :2])
-    bottom_right = torch.minimum(pred[:, 2:], target[:, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area_pred = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
-    area_target = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
-    iou = inter / (area_pred + area_target - inter + eps)
-    return iou, torch.minimum(pred[:, :2], target[:, :2]), torch.maximum(pred[:, 2:], target[:, 2:])
-
-
 @register("iou", space="boxes", default_weight=10.0)
 def iou_loss(pred: Tensor, target: Tensor, mode: str = "linear", eps: float = 1e-7) -> Tensor:
     """1 - IoU (``mode="linear"``) or -ln IoU (``mode="log"``, UnitBox, Yu et al. 2016)."""
     if mode not in ("linear", "log"):
         raise ValueError(f"iou loss: mode must be 'linear' or 'log', got {mode!r}")
-    iou, _, _ = _iou_and_enclosure(pred, target, eps)
+    iou = paired_box_iou(pred, target, eps)
     return 1 - iou if mode == "linear" else -torch.log(iou.clamp(min=eps))
 
 
@@ -222,7 +212,7 @@ def ciou(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
     0/0 = nan for a zero-area box; equal to it wherever that is finite (tested).
     """
     distance = torchvision.ops.distance_box_iou_loss(pred, target, reduction="none", eps=eps)
-    iou, _, _ = _iou_and_enclosure(pred, target, eps)
+    iou = paired_box_iou(pred, target, eps)
     wh_pred, wh_target = pred[:, 2:] - pred[:, :2], target[:, 2:] - target[:, :2]
     v = (4 / math.pi**2) * (torch.atan(wh_target[:, 0] / (wh_target[:, 1] + eps))
                             - torch.atan(wh_pred[:, 0] / (wh_pred[:, 1] + eps))) ** 2
@@ -239,8 +229,8 @@ def eiou(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
     c are the width, height and diagonal of the smallest enclosing box. torchvision has no
     EIoU, so it is written here.
     """
-    iou, enclose_min, enclose_max = _iou_and_enclosure(pred, target, eps)
-    enclose_wh = enclose_max - enclose_min  # (M, 2)
+    iou, enclosure = paired_box_iou(pred, target, eps), enclosing_box(pred, target)
+    enclose_wh = enclosure[:, 2:] - enclosure[:, :2]  # (M, 2)
     diagonal_sq = (enclose_wh**2).sum(dim=1) + eps
     centre_sq = (((pred[:, :2] + pred[:, 2:]) - (target[:, :2] + target[:, 2:])) / 2).pow(2).sum(dim=1)
     wh_pred, wh_target = pred[:, 2:] - pred[:, :2], target[:, 2:] - target[:, :2]
@@ -250,24 +240,31 @@ def eiou(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
 
 def box_regression_loss(loss: RegressionLoss, pred_deltas: Tensor, target_boxes: Tensor,
                         reference_boxes: Tensor, coder: BoxCoder, foreground: Tensor) -> Tensor:
-    """Summed regression loss over the foreground elements of (..., 4) predicted deltas.
+    """Summed regression loss over the foreground rows of (..., 4) predicted deltas.
 
     target_boxes and reference_boxes: (..., 4); foreground: (...) bool. Delta-space losses
     compare against the encoded targets; box-space losses compare the decoded predictions
-    against the target boxes. Every element is computed and the background masked out,
-    instead of indexing the foreground, because boolean indexing has a data-dependent shape
-    and would synchronise the host with the device. The caller divides by its normaliser.
+    against the target boxes. Every row is computed and the others masked out, instead of
+    indexing the foreground, because boolean indexing has a data-dependent shape and would
+    synchronise the host with the device. The caller divides by its normaliser.
+
+    Rows that are not foreground (background, ignored, padding) contribute exactly 0 and a zero
+    gradient whatever their boxes: before any arithmetic their reference and target become
+    one unit box and their prediction zero, so no zero-area box reaches a log or a division
+    (0/0 = nan, and nan * 0 is still nan: a masked row must never compute one).
     """
     # fp32 even under mixed precision: bf16 resolves 0.5 px at 128 px, and decode's exp and
     # the IoU ratios overflow or cancel in fp16.
     pred_deltas, target_boxes, reference_boxes = pred_deltas.float(), target_boxes.float(), reference_boxes.float()
-    # Background elements regress onto their own reference (zero deltas), so their
-    # meaningless targets (e.g. zero-area padding) cannot produce inf * 0 = nan.
-    target_boxes = torch.where(foreground[..., None], target_boxes, reference_boxes)
+    keep = foreground[..., None]  # (..., 1)
+    unit = reference_boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+    reference_boxes = torch.where(keep, reference_boxes, unit)
+    target_boxes = torch.where(keep, target_boxes, reference_boxes)
+    pred_deltas = torch.where(keep, pred_deltas, 0.0)
     pred_deltas, target_boxes, reference_boxes = (t.reshape(-1, 4) for t in (pred_deltas, target_boxes, reference_boxes))
-    weight = foreground.reshape(-1).to(pred_deltas.dtype)  # (M,)
+    rows = foreground.reshape(-1)  # (M,)
     if loss.space == "deltas":
         values = loss(pred_deltas, coder.encode(target_boxes, reference_boxes))  # (M, 4)
-        return (values * weight[:, None]).sum()
+        return torch.where(rows[:, None], values, 0.0).sum()
     values = loss(coder.decode(pred_deltas, reference_boxes), target_boxes)  # (M,)
-    return (values * weight).sum()
+    return torch.where(rows, values, 0.0).sum()

@@ -3,9 +3,10 @@
 Boxes are xyxy pixels everywhere in the model; COCO's ``[x, y, w, h]`` appears only here, at
 the boundary with pycocotools.
 
-Shapes: D detections per image, K foreground classes; COCOeval's own axes are T IoU
-thresholds (0.50:0.05:0.95, 10), R recall thresholds (0:0.01:1, 101), A area ranges
-(all, small, medium, large), M detection caps per image (1, 10, 100).
+Shape letters as in the ``detector`` package docstring (D detections per image, K classes).
+COCOeval's precision array has its own five axes: IoU thresholds (0.50:0.05:0.95, 10), recall
+thresholds (0:0.01:1, 101), classes, area ranges (all, small, medium, large) and detection caps
+per image (1, 10, 100).
 
 pycocotools behaviours this module works around or relies on (see the tests):
 - ``COCO.loadRes([])`` fails (it reads ``anns[0]``), so an empty result list gets an empty
@@ -31,9 +32,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
+
+from detector.model import box_iou
 
 # The order of COCOeval.stats for iouType "bbox" (COCOeval.summarize).
 STAT_NAMES = (
@@ -153,7 +157,8 @@ def evaluate_coco(
         coco_eval.summarize()
 
     params = coco_eval.params
-    # (T, R, K, A, M) -> (T, R, K): area "all", at most 100 detections per image, as AP is.
+    # (IoU, recall, class, area, cap) -> (IoU, recall, class): area "all", at most 100
+    # detections per image, as AP is.
     precision = coco_eval.eval["precision"][
         :, :, :, params.areaRngLbl.index("all"), params.maxDets.index(100)
     ]
@@ -252,44 +257,51 @@ def evaluate_voc(
     evaluated = set(coco_gt.getImgIds() if image_ids is None else (int(i) for i in image_ids))
     per_class: dict[int, float] = {}
     for category_id in coco_gt.getCatIds():
-        truth: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # image -> (boxes xyxy (G, 4), difficult (G,))
-        positives = 0
+        truth: dict[int, tuple[list[list[float]], list[bool]]] = {}  # image -> (boxes xyxy, difficult)
         for ann in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=sorted(evaluated), catIds=[category_id], iscrowd=None)):
-            boxes, difficult = truth.get(ann["image_id"], (np.zeros((0, 4)), np.zeros(0, dtype=bool)))
-            x, y, w, h = ann["bbox"]
-            truth[ann["image_id"]] = (np.vstack([boxes, [x, y, x + w, y + h]]),
-                                      np.append(difficult, bool(ann.get("iscrowd", 0))))
-            positives += not ann.get("iscrowd", 0)
+            boxes, difficult = truth.setdefault(ann["image_id"], ([], []))
+            boxes.append(box_convert(torch.tensor(ann["bbox"], dtype=torch.float64), "xywh", "xyxy").tolist())
+            difficult.append(bool(ann.get("iscrowd", 0)))
+        positives = sum(not d for _, difficult in truth.values() for d in difficult)
         if positives == 0:
             continue
         detections = sorted((r for r in results if r["category_id"] == category_id and r["image_id"] in evaluated),
                             key=lambda r: -r["score"])
-        matched = {image: np.zeros(len(boxes), dtype=bool) for image, (boxes, _) in truth.items()}
-        hits = []  # 1 true positive, 0 false positive; difficult matches are left out
-        for det in detections:
-            boxes, difficult = truth.get(det["image_id"], (np.zeros((0, 4)), np.zeros(0, dtype=bool)))
-            x, y, w, h = det["bbox"]
-            if len(boxes):
-                inter_w = np.clip(np.minimum(boxes[:, 2], x + w) - np.maximum(boxes[:, 0], x), 0, None)
-                inter_h = np.clip(np.minimum(boxes[:, 3], y + h) - np.maximum(boxes[:, 1], y), 0, None)
-                inter = inter_w * inter_h
-                union = w * h + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
-                iou = inter / np.maximum(union, np.finfo(float).eps)
-                best = int(iou.argmax())
-                if iou[best] > 0.5:
-                    if difficult[best]:
-                        continue
-                    if not matched[det["image_id"]][best]:
-                        matched[det["image_id"]][best] = True
-                        hits.append(1)
-                        continue
-            hits.append(0)
+        hits = _voc_hits(detections, truth)
         true_positives = np.cumsum(hits)
         recall = true_positives / positives
         precision = true_positives / np.maximum(np.arange(1, len(hits) + 1), 1)
         per_class[category_id] = _voc_ap(recall, precision, use_07_metric)
     return {"voc_ap50": float(np.mean(list(per_class.values()))) if per_class else -1.0,
             "voc_ap50_per_class": {str(k): v for k, v in per_class.items()}}
+
+
+def _voc_hits(detections: list[Mapping[str, Any]], truth: dict[int, tuple[list[list[float]], list[bool]]]) -> list[int]:
+    """1 (true positive) or 0 (false positive) for each of one class's detections, in their
+    order; matches of difficult ground truth are left out. Matching is greedy per image in
+    score order, so each image's (D, G) IoUs are computed once, with the project's IoU."""
+    by_image: dict[int, list[int]] = {}
+    for index, det in enumerate(detections):
+        by_image.setdefault(det["image_id"], []).append(index)
+    outcome: dict[int, int | None] = {}  # detection index -> 1, 0, or None (matched a difficult box)
+    for image_id, indices in by_image.items():
+        boxes, difficult = truth.get(image_id, ([], []))
+        if not boxes:
+            outcome.update((i, 0) for i in indices)
+            continue
+        xywh = torch.tensor([detections[i]["bbox"] for i in indices], dtype=torch.float64)
+        iou = box_iou(box_convert(xywh, "xywh", "xyxy"), torch.tensor(boxes, dtype=torch.float64))  # (D, G)
+        best_iou, best = iou.max(dim=1)
+        matched = [False] * len(boxes)
+        for i, value, gt in zip(indices, best_iou.tolist(), best.tolist()):
+            if value <= 0.5:
+                outcome[i] = 0
+            elif difficult[gt]:
+                outcome[i] = None
+            else:
+                outcome[i] = 0 if matched[gt] else 1
+                matched[gt] = True
+    return [outcome[i] for i in range(len(detections)) if outcome[i] is not None]
 
 
 def _voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:

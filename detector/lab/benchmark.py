@@ -18,22 +18,91 @@ Cases:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
+import json
 import multiprocessing
+import platform
 import resource
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from detector import config as config_lib
-from detector.anchors import AnchorGenerator
-from detector.config import Config
+from detector.data import collate
+from detector.engine import build_dataset, build_model, evaluate_coco, evaluate_voc
+from detector.engine import config as config_lib
+from detector.engine.build import attach_gradient_probes
+from detector.engine.config import Config
+from detector.engine.io import atomic_write_json
+from detector.engine.training import train
+from detector.lab.compare import check_reusable, run_status
+from detector.lab.report import paired_difference
+from detector.model import AnchorGenerator, FasterRCNN
 
 ASSIGNMENT_IMAGE_SIZE = (800, 1333)  # (H, W): COCO's training size
 ASSIGNMENT_PROPOSALS = 2000  # torchvision's post-NMS proposals per image in training
 ASSIGNMENT_MAX_GT = 20  # ground-truth boxes per image drawn from 1..20 (COCO averages ~7)
+
+
+def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``scripts/benchmark.py``: the chosen sections (or the parity mode), a table on the terminal
+    and the JSON written to ``args.out``."""
+    cfg = config_lib.from_args(args)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise config_lib.ConfigError("--device cuda: no CUDA device is visible")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = args.device
+    cfg_dict = config_lib.to_dict(cfg)
+    result: dict = {"machine": {"device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+                                "cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
+                                "torch": torch.__version__}}
+    if args.parity:
+        args.sections = []
+        result["parity"] = parity(cfg, Path(args.runs_dir), args.seeds)
+    if "assignment" in args.sections:
+        rows = []
+        print(f"\n{'assignment':<12}{'batch':>6}{'anchors/img':>12}{'ours (ms)':>11}{'torchvision (ms)':>18}"
+              f"{'speed-up':>10}{'ours MB':>9}{'tv MB':>8}", flush=True)
+        for batch_size in args.batch_sizes:
+            ours = run_isolated(ours_assignment, batch_size, args.repeats, device)
+            reference = run_isolated(torchvision_assignment, batch_size, args.repeats, device)
+            row = {"batch_size": batch_size, "anchors_per_image": ours["anchors_per_image"],
+                   "ours_s": ours["time_s"], "torchvision_s": reference["time_s"],
+                   "speedup": reference["time_s"] / ours["time_s"],
+                   "ours_peak_mb": ours["peak_memory_mb"], "torchvision_peak_mb": reference["peak_memory_mb"]}
+            rows.append(row)
+            print(f"{'':<12}{batch_size:>6}{row['anchors_per_image']:>12}{row['ours_s'] * 1e3:>11.1f}"
+                  f"{row['torchvision_s'] * 1e3:>18.1f}{row['speedup']:>9.1f}x{row['ours_peak_mb']:>9.0f}"
+                  f"{row['torchvision_peak_mb']:>8.0f}", flush=True)
+        result["assignment"] = rows
+    if "train-step" in args.sections:
+        ours = run_isolated(train_step, "ours", cfg_dict, args.steps, device)
+        reference = run_isolated(train_step, "torchvision", cfg_dict, args.steps, device)
+        result["train_step"] = {"ours": ours, "torchvision": reference,
+                                "speedup": ours["images_per_s"] / reference["images_per_s"]}
+        print(f"\n{'train-step':<12}{'batch':>6}{'ours img/s':>12}{'torchvision img/s':>19}{'speed-up':>10}"
+              f"{'ours MB':>9}{'tv MB':>8}")
+        print(f"{'':<12}{ours['batch_size']:>6}{ours['images_per_s']:>12.1f}{reference['images_per_s']:>19.1f}"
+              f"{result['train_step']['speedup']:>9.2f}x{ours['peak_memory_mb']:>9.0f}"
+              f"{reference['peak_memory_mb']:>8.0f}", flush=True)
+    if "evaluation" in args.sections:
+        timing = run_isolated(evaluation, cfg_dict, device)
+        result["evaluation"] = timing
+        print(f"\nevaluation: {timing['images']} images, {timing['detections']} detections: "
+              f"COCOeval {timing['cocoeval_s']:.2f} s, VOC rule {timing['voc_rule_s']:.2f} s "
+              f"(peak {timing['peak_memory_mb']:.0f} MB)", flush=True)
+    if "gradient-stats" in args.sections:
+        g = run_isolated(gradient_stats, cfg_dict, args.steps, device)
+        result["gradient_stats"] = g
+        print(f"\ngradient-stats: step {g['step_s'] * 1e3:.1f} ms, statistics {g['statistics_s'] * 1e3:.2f} ms: "
+              f"{g['overhead_when_logged']:.2%} of a logged step, {g['overhead_averaged']:.3%} averaged", flush=True)
+    atomic_write_json(Path(args.out), result)
+    print(json.dumps({"written": args.out}))
+    return result
 
 
 def run_isolated(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -95,8 +164,6 @@ def assignment_inputs(batch_size: int, device: str, seed: int = 0) -> dict[str, 
 
 
 def ours_assignment(batch_size: int, repeats: int, device: str) -> dict[str, Any]:
-    from detector.model import FasterRCNN, build_model
-
     torch.manual_seed(0)
     inputs = assignment_inputs(batch_size, device)
     model = build_model(Config(), num_classes=80).to(device)
@@ -119,11 +186,11 @@ def ours_assignment(batch_size: int, repeats: int, device: str) -> dict[str, Any
 
 
 def torchvision_assignment(batch_size: int, repeats: int, device: str) -> dict[str, Any]:
-    from detector.reference import TorchvisionFasterRCNN
-
     torch.manual_seed(0)
     inputs = assignment_inputs(batch_size, device)
-    detector = TorchvisionFasterRCNN(Config(), num_classes=80).detector.to(device)
+    cfg = Config()
+    cfg.model.implementation = "torchvision"
+    detector = build_model(cfg, num_classes=80).detector.to(device)
     rpn, heads = detector.rpn, detector.roi_heads
     anchors = [inputs["anchors"]] * batch_size
     targets = inputs["targets"]
@@ -139,12 +206,10 @@ def torchvision_assignment(batch_size: int, repeats: int, device: str) -> dict[s
     return {"time_s": _median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
 
 
-def _preset_training(cfg: Config, steps: int, device: str) -> tuple[list, torch.nn.Module, torch.optim.Optimizer]:
-    """``steps`` batches of the preset's training set on ``device``, and a fresh model in
-    training mode with its AdamW optimiser."""
-    from detector.data import build_dataset, collate
-    from detector.model import build_model
-
+def _preset_training(cfg: Config, steps: int, device: str) -> tuple[list, torch.nn.Module, torch.optim.Optimizer, list]:
+    """``steps`` batches of the preset's training set on ``device``, a fresh model in training
+    mode with its AdamW optimiser, and its gradient probes (attached as training attaches them:
+    with train.gradient_stats, to our detector)."""
     dataset = build_dataset(cfg.data, cfg.data.train_split, train=True)
     size = cfg.data.batch_size
     batches = []
@@ -154,7 +219,8 @@ def _preset_training(cfg: Config, steps: int, device: str) -> tuple[list, torch.
                         [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, num_classes=len(dataset.class_names)).to(device).train()
-    return batches, model, torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    probes = attach_gradient_probes(model) if cfg.train.gradient_stats and isinstance(model, FasterRCNN) else []
+    return batches, model, torch.optim.AdamW(model.parameters(), lr=cfg.train.lr), probes
 
 
 def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
@@ -163,7 +229,7 @@ def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, device
     cfg.model.implementation = implementation
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    batches, model, optimizer = _preset_training(cfg, steps, device)
+    batches, model, optimizer, _ = _preset_training(cfg, steps, device)
     autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
     iterator = iter(batches * 2)
 
@@ -185,9 +251,6 @@ def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
     """COCOeval and the VOC rule timed on the same detections: the validation ground truth,
     jittered, with random scores and 50 false positives per image (about the 100 detections
     per image a trained model keeps)."""
-    from detector.data import build_dataset
-    from detector.evaluation import evaluate_coco, evaluate_voc
-
     cfg = config_lib.from_dict(cfg_dict)
     dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
     generator = torch.Generator().manual_seed(0)
@@ -222,7 +285,7 @@ def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
 def gradient_stats(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
     """Median training-step time, and the time of the gradient statistics of both heads."""
     cfg = config_lib.from_dict(cfg_dict)
-    batches, model, optimizer = _preset_training(cfg, steps, device)
+    batches, model, optimizer, probes = _preset_training(cfg, steps, device)
     step_times, stats_times = [], []
     for images, targets in batches:
         start = time.perf_counter()
@@ -233,7 +296,7 @@ def gradient_stats(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[st
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         stepped = time.perf_counter()
-        for probe in model.gradient_probes():
+        for probe in probes:
             probe.statistics(0)
         step_times.append(stepped - start)
         stats_times.append(time.perf_counter() - stepped)
@@ -264,3 +327,32 @@ def parity_configs(base: Config, out_dir: str, seed: int) -> dict[str, Config]:
         config_lib.validate(cfg)
         configs[implementation] = cfg
     return configs
+
+
+def parity(cfg: config_lib.Config, runs_dir: Path, seeds: list[int]) -> dict:
+    """Train (or reuse) both detectors at every seed; their COCO AP, and ours minus
+    torchvision's paired by seed with a 95% interval."""
+    out: dict = {"runs": []}
+    for seed in seeds:
+        for implementation, run_cfg in parity_configs(cfg, str(runs_dir), seed).items():
+            run_dir = runs_dir / run_cfg.train.run_name
+            if run_status(run_dir) == "completed":
+                check_reusable(run_cfg, run_dir)
+            else:
+                train(run_cfg)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            stats = metrics["val"]["stats"]
+            out["runs"].append({"implementation": implementation, "seed": seed, "run_dir": str(run_dir),
+                                "status": metrics["status"], "AP": stats["AP"], "AP50": stats["AP50"],
+                                "AP75": stats["AP75"], "AP90": metrics["val"]["ap_per_iou"]["0.90"],
+                                "train_s": metrics["timings"]["train_s"]})
+    ap = {impl: {r["seed"]: r["AP"] for r in out["runs"] if r["implementation"] == impl}
+          for impl in ("ours", "torchvision")}
+    difference = paired_difference(ap["ours"], ap["torchvision"])
+    out["AP_mean"] = {impl: sum(v.values()) / len(v) for impl, v in ap.items()}
+    out["AP_difference"] = {"mean": difference.mean, "low": difference.low, "high": difference.high,
+                            "seeds": difference.pairs}
+    print(f"\nparity over seeds {seeds}: COCO AP ours {out['AP_mean']['ours']:.3f}, torchvision "
+          f"{out['AP_mean']['torchvision']:.3f}; ours - torchvision {difference.mean:+.3f}"
+          + (f" [{difference.low:+.3f}, {difference.high:+.3f}]" if difference.low is not None else ""))
+    return out

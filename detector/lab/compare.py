@@ -1,7 +1,7 @@
 """The comparison matrix: losses x seeds x box-noise levels, one run directory per cell.
 
 ``scripts/compare.py`` plans the matrix here, trains the cells that have no finished run and
-then writes the report (:mod:`detector.report`). A cell is finished when its run directory's
+then writes the report (:mod:`detector.lab.report`). A cell is finished when its run directory's
 metrics.json says ``completed`` or ``diverged`` (a diverged run would diverge again: it is a
 result, not a failure to retry). Cells that are missing, running, interrupted or failed are
 trained (again), so an interrupted matrix continues where it stopped. A finished run made with a
@@ -10,9 +10,12 @@ different configuration is never silently reused: the cell is rejected, naming t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +25,27 @@ from typing import Any
 
 import torch
 
-from detector import config as config_lib
-from detector.config import Config, ConfigError
+from detector.engine import config as config_lib
+from detector.engine.config import Config, ConfigError
+from detector.lab.report import write_report
 
 FINISHED = ("completed", "diverged")
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 # Options that name or display a run but do not change what it computes.
 IGNORED_IN_MATCH = ("train.run_name", "train.out_dir", "train.progress", "train.threads")
+
+
+def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
+    """``scripts/compare.py``: train the matrix's unfinished cells (unless ``--runs`` names the run
+    directories to report on), then write the report; returns report.md's path."""
+    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
+    if args.runs:
+        run_dirs = [Path(d) for d in args.runs]
+    else:
+        cells = plan(args.losses, args.seeds, args.noise)
+        run_dirs = train_matrix(cells, config_lib.from_args(args), Path(args.runs_dir), jobs=args.jobs,
+                                train_command=[sys.executable, str(TRAIN_SCRIPT)])
+    return write_report(run_dirs, args.out, command, baseline=args.baseline)
 
 
 @dataclass(frozen=True)

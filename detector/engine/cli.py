@@ -1,6 +1,8 @@
 """Command-line options shared by the scripts: flags map onto configuration keys.
 
-Precedence: dataclass defaults < ``--config FILE`` < ``--set key=value`` < dedicated flags.
+Precedence: dataclass defaults < ``--config FILE`` < ``--set key=value`` < dedicated flags
+(``detector.engine.config.from_args`` applies them). This module imports nothing heavy, so a
+script answers ``--help`` before torch loads; scripts import the engine after parsing.
 """
 
 from __future__ import annotations
@@ -10,10 +12,7 @@ import logging
 import sys
 from typing import Callable
 
-import yaml
-
-from detector import config as config_lib
-from detector.config import Config, ConfigError
+from detector.engine.errors import ConfigError
 
 # flag -> (configuration key, help, argparse keyword arguments)
 FLAGS: dict[str, tuple[str, str, dict]] = {
@@ -53,40 +52,25 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, flags: list[str] | None = None) -> None:
+    """``--config``, ``--set``, the loss-parameter lists and the dedicated ``flags`` (default:
+    all of FLAGS). A flag's destination is its option with ``__`` for the dot."""
     parser.add_argument("--config", help="YAML preset (default: the built-in shapes CPU preset)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override any option, e.g. --set train.lr=0.001 model.anchor_sizes=[8,16]")
+    add_set_argument(parser, "override any option, e.g. --set train.lr=0.001 model.anchor_sizes=[8,16]")
     parser.add_argument("--loss-args", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                         help="regression loss parameters, e.g. --loss-args beta=0.111")
     parser.add_argument("--rpn-loss-args", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                         help="parameters of the --rpn-loss")
-    for flag in flags or list(FLAGS):
+    add_flags(parser, flags or list(FLAGS))
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help_text)
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: list[str]) -> None:
+    for flag in flags:
         key, help_text, kwargs = FLAGS[flag]
         parser.add_argument(flag, dest=key.replace(".", "__"), help=f"{help_text} [{key}]", **kwargs)
-
-
-def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Config:
-    """The configuration of ``--config`` (or ``base``, or the defaults) with the flags applied."""
-    overrides = list(args.set)
-    for flag, (key, _, _) in FLAGS.items():
-        value = getattr(args, key.replace(".", "__"), None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    for flag, key in (("--loss-args", "loss.args"), ("--rpn-loss-args", "loss.rpn_args")):
-        items = getattr(args, flag.lstrip("-").replace("-", "_"), None)
-        if items:
-            overrides.append(f"{key}={yaml.safe_dump(_parse_pairs(items, flag), default_flow_style=True).strip()}")
-    return config_lib.load(args.config, overrides, base=base)
-
-
-def _parse_pairs(items: list[str], flag: str) -> dict:
-    pairs = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"{flag} item '{item}' must look like name=value")
-        pairs[name] = yaml.safe_load(text)
-    return pairs
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -96,8 +80,8 @@ def run_main(main: Callable[[], int | None]) -> None:
     try:
         sys.exit(main() or 0)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        # A DataError can only exist once detector.data is loaded; importing it up front would
-        # cost the scripts that never read a dataset seconds of torch imports.
+        # A DataError can only exist once detector.data is loaded; importing it here would load
+        # torch before --help could answer.
         errors = sys.modules.get("detector.data.errors")
         if not isinstance(exc, (ConfigError, FileNotFoundError) + ((errors.DataError,) if errors else ())):
             raise

@@ -1,4 +1,5 @@
-"""From a :class:`~detector.config.DataConfig` to datasets and DataLoaders.
+"""The LightningDataModule: datasets of a :class:`~detector.engine.config.DataConfig` and their
+DataLoaders.
 
 Batches are ``(list of uint8 (3, H, W) images, list of target dicts)``: images keep their own
 sizes, and the model normalises and pads them on the device.
@@ -6,57 +7,13 @@ sizes, and the model normalises and pads them on the device.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader
 
-from detector.config import DataConfig
-from detector.data.coco import CocoDetection, DetectionDataset
-from detector.data.noise import corrupt_boxes
-from detector.data.sampler import EpochSampler
-from detector.data.shapes import ensure_shapes
-from detector.data.transforms import DetectionTransform
-from detector.data.voc import VocDetection
-
-
-def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
-    """The dataset of ``split`` (cfg.train_split or cfg.val_split).
-
-    ``train`` enables the random horizontal flip (when cfg.hflip); resizing applies to both.
-    The image subset is cfg.max_train_images for the training split and cfg.max_val_images
-    for the validation split (``train`` decides when both splits have the same name).
-    """
-    transform = DetectionTransform(min_size=cfg.min_size, max_size=cfg.max_size, hflip=train and cfg.hflip)
-    if split == cfg.train_split and (train or split != cfg.val_split):
-        max_images = cfg.max_train_images
-    elif split == cfg.val_split:
-        max_images = cfg.max_val_images
-    else:
-        max_images = None
-    options = dict(categories=cfg.categories, max_images=max_images, transform=transform,
-                   skip_bad_images=cfg.skip_bad_images)
-    if cfg.name == "shapes":
-        ensure_shapes(cfg.root, image_size=cfg.shapes_image_size, num_train=cfg.shapes_num_train,
-                      num_val=cfg.shapes_num_val, seed=cfg.shapes_seed)
-        dataset = CocoDetection(cfg.root, split, **options)
-    elif cfg.name == "coco":
-        dataset = CocoDetection(cfg.root, split, **options)
-    elif cfg.name == "voc":
-        dataset = VocDetection(cfg.root, split, **options)
-    else:
-        raise ValueError(f"unknown dataset '{cfg.name}'; valid names: shapes, coco, voc")
-    if train and cfg.train_box_noise > 0:
-        dataset.records, _ = corrupt_boxes(dataset.records, cfg.train_box_noise, cfg.train_box_noise_seed)
-    return dataset
-
-
-def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[list[Tensor], list[dict[str, Any]]]:
-    """[(image, target), ...] -> ([image, ...], [target, ...]); no stacking, sizes may differ."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
+from detector.data import DetectionDataset, EpochSampler, collate
+from detector.engine.build import build_dataset, ensure_generated
+from detector.engine.config import DataConfig
 
 
 class DetectionDataModule(pl.LightningDataModule):
@@ -74,10 +31,7 @@ class DetectionDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         # Lightning runs this on one process per node before setup() runs on every rank, so
         # the shapes dataset is generated once instead of by every DDP rank at the same time.
-        if self.cfg.name == "shapes":
-            ensure_shapes(self.cfg.root, image_size=self.cfg.shapes_image_size,
-                          num_train=self.cfg.shapes_num_train, num_val=self.cfg.shapes_num_val,
-                          seed=self.cfg.shapes_seed)
+        ensure_generated(self.cfg)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:

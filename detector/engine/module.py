@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from detector.config import Config, from_dict, to_dict
-from detector.evaluation import detections_to_coco_results, evaluate_coco, evaluate_voc
-from detector.gradients import GradientLog
-from detector.model import build_model
+from detector.engine.build import attach_gradient_probes, build_model
+from detector.engine.config import Config, from_dict, to_dict
+from detector.engine.evaluation import detections_to_coco_results, evaluate_coco, evaluate_voc
 
 
 class DetectorModule(pl.LightningModule):
@@ -20,7 +19,8 @@ class DetectorModule(pl.LightningModule):
 
     ``val_dataset`` provides the ground truth (``coco``, ``class_names``,
     ``label_to_category_id``); it is attached by the caller (``training.py``/``evaluate.py``)
-    because it is data, not a hyperparameter.
+    because it is data, not a hyperparameter. With ``train.gradient_stats`` the regression
+    heads carry gradient probes (``gradient_probes``), read by the GradientStatistics callback.
     """
 
     def __init__(self, config: dict[str, Any], class_names: list[str], label_to_category_id: dict[int, int]):
@@ -30,17 +30,14 @@ class DetectorModule(pl.LightningModule):
         self.class_names = list(class_names)
         self.label_to_category_id = {int(k): int(v) for k, v in label_to_category_id.items()}
         self.model = build_model(self.cfg, num_classes=len(self.class_names))
+        self.gradient_probes = attach_gradient_probes(self.model) if self.cfg.train.gradient_stats else []
         self.val_dataset = None
-        self.gradient_log: GradientLog | None = None  # set by training.py on rank zero
         self.last_metrics: dict[str, Any] | None = None
         self.last_results: list[dict[str, Any]] = []
         self.last_metrics_step = -1
         self._val_detections: list[dict[str, Any]] = []
         self.diverged: dict[str, Any] | None = None  # set at the first non-finite loss
         self._last_finite_losses: dict[str, float] | None = None
-        self.stop_requested: Callable[[], bool] | None = None  # set by training.py (Ctrl-C, SIGTERM)
-        self.interrupted_at_step: int | None = None
-        self.interrupt_checkpoint: str | None = None  # where to save when a stop is requested
 
     @classmethod
     def from_config(cls, cfg: Config, dataset) -> "DetectorModule":
@@ -69,23 +66,6 @@ class DetectorModule(pl.LightningModule):
                       batch_size=batch_size)
         self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return total
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # global_step has advanced past the step whose backward the probes just saw.
-        step = self.global_step - 1
-        if self.gradient_log is not None and step % self.cfg.train.log_every_n_steps == 0 and self.diverged is None:
-            for probe in self.model.gradient_probes():
-                row = probe.statistics(step)
-                if row is not None:
-                    self.gradient_log.write(row)
-        requested = self.stop_requested is not None and self.stop_requested()
-        if self.trainer.strategy.reduce_boolean_decision(requested, all=False):  # any rank asked
-            # Between two steps the model, optimiser, schedule and loop counters agree, so a
-            # checkpoint written here resumes exactly where this run stopped.
-            self.interrupted_at_step = self.global_step
-            if self.interrupt_checkpoint is not None:
-                self.trainer.save_checkpoint(self.interrupt_checkpoint)
-            self.trainer.should_stop = True
 
     # --- checkpoints ------------------------------------------------------------------------
 

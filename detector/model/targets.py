@@ -1,11 +1,13 @@
 """Batched target assignment: matching boxes to ground truth and balanced sampling.
 
-Shapes: N images, R candidates per image (anchors or proposals), G ground-truth boxes per
-image padded to the batch maximum, with ``gt_valid`` (N, G) marking the real ones.
+Shape letters as in the ``detector`` package docstring; here R counts the candidates of an
+image (anchors, or proposals plus ground truth in the box head), and ``gt_valid`` (N, G)
+marks the real ground-truth boxes among the padded ones.
 
 torchvision, detectron2 and MMDetection match and sample one image at a time in Python; here
-one (N, R, G) IoU tensor labels the whole batch and sampling is a top-k over random keys, so
-the training step has no per-image loop and no host-device synchronisation.
+the whole batch is labelled at once (one (N, R, G) IoU tensor in the box head, the sparse
+entries of ``AnchorGenerator.nonzero_iou`` in the RPN) and sampling is a top-k over random
+keys, so the training step has no per-image loop.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from detector.anchors import AnchorOverlaps
-from detector.boxes import batched_box_iou
+from detector.model.anchors import AnchorOverlaps
+from detector.model.boxes import batched_box_iou
 
 BELOW_LOW_THRESHOLD = -1  # IoU below the background threshold: background
 BETWEEN_THRESHOLDS = -2  # IoU between the thresholds: ignored
@@ -56,7 +58,7 @@ def label_sparse(overlaps: AnchorOverlaps, gt_valid: Tensor, num_candidates: int
     """``match``'s decisions from the non-zero entries of the IoU matrix only (N images x R
     candidates x G boxes, every other entry 0), identical index for index.
 
-    overlaps: T entries (candidate, box, IoU > 0), flat over the batch; gt_valid (N, G).
+    overlaps: E entries (candidate, box, IoU > 0), flat over the batch; gt_valid (N, G).
     Returns positive and negative (N, R) bool masks (neither: ignored) and an (N, R) int64
     ``best`` from which ``matched_box(best)`` reads the matched box of any candidate. Only the
     sampled positives need their box, so it is decoded for those alone.
@@ -69,7 +71,7 @@ def label_sparse(overlaps: AnchorOverlaps, gt_valid: Tensor, num_candidates: int
     # key = (IoU bits << 16) | (65535 - box) is largest for the largest IoU and, among equal
     # IoUs, for the smallest box. A candidate without entries keeps key 0: IoU 0 with every box.
     box_in_image = overlaps.box % max(g, 1)
-    key = (overlaps.iou.view(torch.int32).long() << 16) | (2**16 - 1 - box_in_image)  # (T,)
+    key = (overlaps.iou.view(torch.int32).long() << 16) | (2**16 - 1 - box_in_image)  # (E,)
     best = key.new_zeros(n * num_candidates).scatter_reduce_(0, overlaps.candidate, key, "amax")
     best_iou = (best >> 16).int().view(torch.float32).view(n, num_candidates)
     positive = best_iou >= high_threshold
@@ -93,13 +95,13 @@ def matched_box(best: Tensor) -> Tensor:
 
 class Sample(NamedTuple):
     """A balanced draw. ``positive_index`` lists each image's sampled positives in a fixed-size
-    (N, P) tensor (P = the most positives an image may have), ``positive_valid`` marks its real
+    (N, S) tensor (S = the most positives an image may have), ``positive_valid`` marks its real
     entries: the regression loss gathers just these instead of masking all R candidates."""
 
     positive: Tensor  # (N, R) bool
     negative: Tensor  # (N, R) bool
-    positive_index: Tensor  # (N, P) int64
-    positive_valid: Tensor  # (N, P) bool
+    positive_index: Tensor  # (N, S) int64
+    positive_valid: Tensor  # (N, S) bool
 
 
 def sample_balanced(labels: Tensor, *, batch_size_per_image: int, positive_fraction: float,

@@ -6,16 +6,17 @@ gradient that reaches the output is ``weight / normaliser * dl/dx``; it is divid
 ``weight / normaliser`` so the numbers are the loss's own derivative (2|x| for L2, 1 for L1
 away from 0, ...) and can be compared with the textbook table. The hook costs nothing on
 steps that are not logged beyond keeping a reference to an (N, S, 4) tensor.
+
+A head computes its regression loss with a probe only when one is set on it
+(``regression_probe``); the engine does so when ``train.gradient_stats`` is on.
 """
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
+# The keys of GradientProbe.statistics, in the order gradients.csv lists them.
 COLUMNS = ("step", "head", "loss", "count", "mean", "median", "p90", "p99", "max", "fraction_at_bound")
 
 
@@ -56,23 +57,3 @@ class GradientProbe:
         return {"step": step, "head": self.head, "loss": self.loss_name, "count": values.numel(),
                 "mean": values.mean().item(), "median": quantiles[0].item(), "p90": quantiles[1].item(),
                 "p99": quantiles[2].item(), "max": values.max().item(), "fraction_at_bound": at_bound}
-
-
-class GradientLog:
-    """Appends rows to ``gradients.csv``; each row is flushed so an interrupted run keeps them."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        new = not self.path.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
-        if new:
-            self._writer.writeheader()
-
-    def write(self, row: dict) -> None:
-        self._writer.writerow(row)
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from detector import config as config_lib
-from detector.config import Config, ConfigError
-from detector.data import build_dataset, collate
-from detector.evaluation import format_metrics_table
-from detector.io import atomic_write_json
-from detector.lit import DetectorModule
-from detector.training import build_evaluator
+from detector.data import collate
+from detector.engine import config as config_lib
+from detector.engine.build import build_dataset
+from detector.engine.config import Config, ConfigError
+from detector.engine.evaluation import format_metrics_table
+from detector.engine.io import atomic_write_json
+from detector.engine.module import DetectorModule
+from detector.engine.training import build_evaluator
+
+
+def evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``scripts/evaluate.py``: the checkpoint's own configuration with the command line's data
+    options on top, evaluated on ``--split`` (default: its validation split)."""
+    checkpoint = find_checkpoint(args.checkpoint)
+    cfg = config_lib.from_args(args, base=config_lib.to_dict(checkpoint_config(checkpoint)))
+    split = args.split or cfg.data.val_split
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    out = Path(args.out) if args.out else run_dir / f"eval-{split}"
+    return evaluate_checkpoint(checkpoint, cfg, split, out)
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -1,7 +1,7 @@
 """Region proposal network: head, batched proposal selection, losses.
 
-Shapes: N images, A anchors per location, H x W feature map, R = H*W*A anchors per image,
-K_pre = pre-NMS top-k, M = post-NMS proposals per image, G padded ground truth per image.
+Shape letters as in the ``detector`` package docstring; the proposal selection keeps the
+top-scoring ``pre_nms_top_n`` anchors of each image (written (N, R') below) before NMS.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from detector.anchors import AnchorGenerator
-from detector.boxes import BoxCoder, clip_boxes
-from detector.gradients import GradientProbe
-from detector.losses import RegressionLoss, box_regression_loss
-from detector.targets import Sample, label_sparse, matched_box, sample_masks
+from detector.model.anchors import AnchorGenerator
+from detector.model.boxes import BoxCoder, clip_boxes
+from detector.model.gradients import GradientProbe
+from detector.model.losses import RegressionLoss, box_regression_loss
+from detector.model.targets import Sample, label_sparse, matched_box, sample_masks
 
 
 class RPNHead(nn.Module):
@@ -60,13 +60,14 @@ class RegionProposalNetwork(nn.Module):
         self.post_nms_top_n = post_nms_top_n
         self.nms_thresh = nms_thresh
         self.min_size = min_size
-        self.gradient_probe = GradientProbe("rpn", regression_loss.name, regression_loss.gradient_bound)
+        # Set by whoever wants the regression gradients (the engine, with train.gradient_stats).
+        self.regression_probe: GradientProbe | None = None
 
     def forward(self, features: Tensor, image_sizes: Tensor, gt_boxes: Tensor | None = None,
                 gt_valid: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """features (N, C, H, W); image_sizes (N, 2) of (height, width) before padding.
 
-        Returns proposals (N, M, 4), their validity (N, M), and the losses when ground
+        Returns proposals (N, P, 4), their validity (N, P), and the losses when ground
         truth is given.
         """
         objectness, deltas = self.head(features)  # (N, R), (N, R, 4)
@@ -86,14 +87,14 @@ class RegionProposalNetwork(nn.Module):
                          pre_nms_top_n: int, post_nms_top_n: int) -> tuple[Tensor, Tensor]:
         """Top-k, decode, clip, drop small boxes, one NMS for the whole batch, top-M.
 
-        Returns (N, M, 4) proposals sorted by score and a (N, M) mask of real ones (an image
-        with fewer than M survivors is padded with invalid entries).
+        Returns (N, P, 4) proposals sorted by score and a (N, P) mask of real ones (an image
+        with fewer than P survivors is padded with invalid entries).
         """
         n, r = objectness.shape
         k = min(pre_nms_top_n, r)
-        scores, index = objectness.topk(k, dim=1)  # (N, K_pre)
+        scores, index = objectness.topk(k, dim=1)  # (N, R')
         boxes = self.coder.decode(torch.gather(deltas, 1, index[..., None].expand(-1, -1, 4)), anchors[index])
-        boxes = clip_boxes(boxes, image_sizes[:, None, 0], image_sizes[:, None, 1])  # (N, K_pre, 4)
+        boxes = clip_boxes(boxes, image_sizes[:, None, 0], image_sizes[:, None, 1])  # (N, R', 4)
         small = ((boxes[..., 2] - boxes[..., 0]) < self.min_size) | ((boxes[..., 3] - boxes[..., 1]) < self.min_size)
         scores = scores.masked_fill(small, float("-inf"))
         image_index = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
@@ -105,19 +106,18 @@ class RegionProposalNetwork(nn.Module):
         kept = torch.zeros(n * k, dtype=torch.bool, device=boxes.device)
         kept[keep] = True
         scores = scores.masked_fill(~kept.view(n, k), float("-inf"))
-        m = min(post_nms_top_n, k)
-        top_scores, top = scores.topk(m, dim=1)  # (N, M), best first
+        top_scores, top = scores.topk(min(post_nms_top_n, k), dim=1)  # (N, P), best first
         proposals = torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4))
         return proposals, torch.isfinite(top_scores)
 
     def sample_anchors(self, feature_size: tuple[int, int], gt_boxes: Tensor,
                        gt_valid: Tensor) -> tuple[Sample, Tensor, Tensor]:
         """Label every anchor of an H x W ``feature_size`` grid against the padded ground truth
-        (N, G, 4) and draw the balanced sample. Returns the sample, and the anchors (N, P, 4)
-        and matched ground-truth boxes (N, P, 4) of its positives (``sample.positive_index``).
+        (N, G, 4) and draw the balanced sample. Returns the sample, and the anchors (N, S, 4)
+        and matched ground-truth boxes (N, S, 4) of its positives (``sample.positive_index``).
 
-        Regression only needs the sampled positives (at most P per image): gathering them into
-        (N, P) avoids encoding and masking all R anchors (200k per COCO-sized image).
+        Regression only needs the sampled positives (at most S per image): gathering them into
+        (N, S) avoids encoding and masking all R anchors (200k per COCO-sized image).
         """
         anchors = self.anchor_generator.grid_anchors(*feature_size, gt_boxes.device, torch.float32)  # (R, 4)
         overlaps = self.anchor_generator.nonzero_iou(gt_boxes, gt_valid, *feature_size, low_threshold=self.bg_iou_thresh)
@@ -125,11 +125,11 @@ class RegionProposalNetwork(nn.Module):
                                                 low_threshold=self.bg_iou_thresh, allow_low_quality_matches=True)
         sample = sample_masks(positive, negative, batch_size_per_image=self.batch_size_per_image,
                               positive_fraction=self.positive_fraction)
-        positive_anchors = anchors[sample.positive_index]  # (N, P, 4)
+        positive_anchors = anchors[sample.positive_index]  # (N, S, 4)
         if gt_boxes.shape[1] == 0:  # no ground truth in the batch: no positive either
             return sample, positive_anchors, positive_anchors
-        matched_gt = matched_box(torch.gather(best, 1, sample.positive_index))  # (N, P)
-        matched = torch.gather(gt_boxes, 1, matched_gt[..., None].expand(-1, -1, 4))  # (N, P, 4)
+        matched_gt = matched_box(torch.gather(best, 1, sample.positive_index))  # (N, S)
+        matched = torch.gather(gt_boxes, 1, matched_gt[..., None].expand(-1, -1, 4))  # (N, S, 4)
         return sample, positive_anchors, matched
 
     def losses(self, objectness: Tensor, deltas: Tensor, feature_size: tuple[int, int], gt_boxes: Tensor,
@@ -137,13 +137,15 @@ class RegionProposalNetwork(nn.Module):
         """objectness (N, R), deltas (N, R, 4) of the anchors of an H x W ``feature_size`` grid."""
         sample, positive_anchors, matched = self.sample_anchors(feature_size, gt_boxes, gt_valid)
         sampled = sample.positive | sample.negative
-        # Normalised by the number of sampled anchors, as torchvision and detectron2 do, so a
-        # loss's weight means the same whatever the share of positives.
+        # Normalised by the number of sampled anchors, as torchvision does, so a loss's weight
+        # means the same whatever the share of positives (detectron2 divides by the nominal
+        # batch_size_per_image * N instead, which differs when an image runs short of anchors).
         num_sampled = sampled.sum().clamp(min=1)
         objectness_loss = (F.binary_cross_entropy_with_logits(
             objectness, sample.positive.to(objectness.dtype), reduction="none") * sampled).sum() / num_sampled
-        positive_deltas = torch.gather(deltas, 1, sample.positive_index[..., None].expand(-1, -1, 4))  # (N, P, 4)
-        self.gradient_probe.attach(positive_deltas, sample.positive_valid, self.regression_weight / num_sampled)
+        positive_deltas = torch.gather(deltas, 1, sample.positive_index[..., None].expand(-1, -1, 4))  # (N, S, 4)
+        if self.regression_probe is not None:
+            self.regression_probe.attach(positive_deltas, sample.positive_valid, self.regression_weight / num_sampled)
         regression = box_regression_loss(self.regression_loss, positive_deltas, matched, positive_anchors,
                                          self.coder, sample.positive_valid)
         return {"loss_objectness": objectness_loss,

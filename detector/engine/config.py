@@ -9,6 +9,7 @@ the valid choices.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from typing import Any
 
 import yaml
 
-from detector.io import atomic_write_text
+from detector.engine.errors import ConfigError
+from detector.engine.io import atomic_write_text
+from detector.model.losses import build_loss
+from detector.model.reference import TORCHVISION_LOSS
 
-
-class ConfigError(ValueError):
-    """A user error in the configuration: scripts print it and exit with status 2."""
+__all__ = ["Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig"]
 
 
 @dataclass
@@ -57,7 +59,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # "torchvision": torchvision's FasterRCNN configured like ours (detector/reference.py), the
+    # "torchvision": torchvision's FasterRCNN configured like ours (detector/model/reference.py), the
     # reference of the benchmark's accuracy-parity mode; its loss is hard-wired smooth L1.
     implementation: str = "ours"  # ours | torchvision
     backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50
@@ -202,6 +204,31 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
     return cfg
 
 
+def from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
+    """The configuration of a script's arguments (``detector/engine/cli.py`` defines them):
+    ``--config`` (or ``base``, or the defaults), then ``--set``, the loss parameters and every
+    dedicated flag, whose destination is its option with ``__`` for the dot."""
+    overrides = list(getattr(args, "set", None) or [])
+    for dest, value in vars(args).items():
+        if "__" in dest and value is not None:
+            overrides.append(f"{dest.replace('__', '.')}={value}")
+    for dest, key in (("loss_args", "loss.args"), ("rpn_loss_args", "loss.rpn_args")):
+        if getattr(args, dest, None):
+            pairs = _parse_pairs(getattr(args, dest), "--" + dest.replace("_", "-"))
+            overrides.append(f"{key}={yaml.safe_dump(pairs, default_flow_style=True).strip()}")
+    return load(getattr(args, "config", None), overrides, base=base)
+
+
+def _parse_pairs(items: list[str], flag: str) -> dict[str, Any]:
+    pairs = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{flag} item '{item}' must look like name=value")
+        pairs[name] = yaml.safe_load(text)
+    return pairs
+
+
 def save(cfg: Config, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
@@ -273,8 +300,6 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
 
 def validate(cfg: Config) -> None:
     """Reject impossible values at start, naming the option and the valid range or choices."""
-    from detector import losses  # late import: losses does not depend on config
-
     for dotted, choices in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
@@ -338,7 +363,7 @@ def validate(cfg: Config) -> None:
                                   "set loss.rpn_name, or put the parameters in loss.args")
             continue
         try:
-            losses.build_loss(name, args)
+            build_loss(name, args)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{prefix}: {exc.args[0] if exc.args else exc}") from None
     check(cfg.loss.weight is None or cfg.loss.weight > 0, "loss.weight", "empty or > 0")
@@ -346,8 +371,20 @@ def validate(cfg: Config) -> None:
     if cfg.loss.rpn_weight is not None and cfg.loss.rpn_name is None:
         raise ConfigError("option 'loss.rpn_weight' is set but 'loss.rpn_name' is not; use loss.weight")
     if m.implementation == "torchvision":
-        from detector.reference import check_reference_loss  # late import: torchvision's models
+        _check_torchvision_implementation(cfg)
 
-        problem = check_reference_loss(cfg)
-        if problem:
-            raise ConfigError(f"option 'model.implementation' is 'torchvision': {problem}")
+
+def _check_torchvision_implementation(cfg: Config) -> None:
+    """torchvision's FasterRCNN computes its losses inside its heads: its regression loss is
+    hard-wired and there is no output to measure gradients on."""
+    beta = cfg.loss.args.get("beta", TORCHVISION_LOSS["params"]["beta"])
+    if (cfg.loss.name != TORCHVISION_LOSS["name"] or cfg.loss.rpn_name is not None or set(cfg.loss.args) - {"beta"}
+            or abs(float(beta) - TORCHVISION_LOSS["params"]["beta"]) > 1e-3
+            or cfg.loss.weight not in (None, TORCHVISION_LOSS["weight"])):
+        raise ConfigError("option 'model.implementation' is 'torchvision': torchvision's FasterRCNN has its "
+                          "regression loss hard-wired (smooth_l1, beta 1/9, weight 1, both stages); use "
+                          "--loss smooth_l1 with model.implementation=torchvision")
+    if cfg.train.gradient_stats:
+        raise ConfigError("option 'model.implementation' is 'torchvision': its losses are computed inside "
+                          "torchvision's heads, so there are no regression gradients to record; set "
+                          "train.gradient_stats=false")

@@ -1,12 +1,7 @@
-"""Box conventions and box arithmetic.
+"""Box arithmetic: the project's one IoU, clipping, and the delta parametrisation.
 
-Conventions used everywhere inside the model:
-- boxes are ``(x1, y1, x2, y2)`` in absolute pixels of the padded network input;
-- COCO ``(x, y, w, h)`` appears only at the evaluation boundary (``evaluation.py``);
-- class label 0 is background, 1..K are foreground classes, -1 marks an ignored element.
-
-Shapes: N images, R boxes per image (anchors or proposals), G ground-truth boxes per image
-(padded to the batch's maximum, with a validity mask).
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels (conventions and shape letters: the
+``detector`` package docstring). Candidates (anchors or proposals) take the letter R here.
 """
 
 from __future__ import annotations
@@ -22,21 +17,42 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
+def _intersection_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+    """Intersection and union areas of boxes that broadcast against each other: (..., 4)."""
+    top_left = torch.maximum(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter, box_area(boxes1) + box_area(boxes2) - inter
+
+
 def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of every pair within each image: (N, R, 4), (N, G, 4) -> (N, R, G).
 
     torchvision.ops.box_iou is pairwise over two flat sets; batching it over images lets the
     matcher label all anchors of a batch in one pass instead of a Python loop per image.
+    Zero-area pairs (padding against padding) would give 0/0: their IoU is 0.
     """
-    area1 = box_area(boxes1)  # (N, R)
-    area2 = box_area(boxes2)  # (N, G)
-    top_left = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])  # (N, R, G, 2)
-    bottom_right = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # (N, R, G)
-    union = area1[:, :, None] + area2[:, None, :] - inter
-    # Zero-area pairs (padding against padding) would give 0/0: define their IoU as 0.
+    inter, union = _intersection_union(boxes1[:, :, None, :], boxes2[:, None, :, :])  # (N, R, G)
     return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of every pair of two flat sets: (M1, 4), (M2, 4) -> (M1, M2)."""
+    return batched_box_iou(boxes1[None], boxes2[None])[0]
+
+
+def paired_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
+    """IoU of row-wise pairs, (M, 4), (M, 4) -> (M,), as the IoU losses define it:
+    inter / (union + eps), differentiable everywhere."""
+    inter, union = _intersection_union(boxes1, boxes2)
+    return inter / (union + eps)
+
+
+def enclosing_box(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """The smallest box holding both boxes of each row-wise pair: (M, 4), (M, 4) -> (M, 4)."""
+    return torch.cat((torch.minimum(boxes1[..., :2], boxes2[..., :2]),
+                      torch.maximum(boxes1[..., 2:], boxes2[..., 2:])), dim=-1)
 
 
 def clip_boxes(boxes: Tensor, height: Tensor | float, width: Tensor | float) -> Tensor:
@@ -70,14 +86,8 @@ class BoxCoder:
     def encode(self, boxes: Tensor, reference: Tensor) -> Tensor:
         """(..., 4) target boxes and (..., 4) references -> (..., 4) deltas."""
         wx, wy, ww, wh = self.weights
-        ref_w = reference[..., 2] - reference[..., 0]
-        ref_h = reference[..., 3] - reference[..., 1]
-        ref_x = reference[..., 0] + 0.5 * ref_w
-        ref_y = reference[..., 1] + 0.5 * ref_h
-        w = boxes[..., 2] - boxes[..., 0]
-        h = boxes[..., 3] - boxes[..., 1]
-        x = boxes[..., 0] + 0.5 * w
-        y = boxes[..., 1] + 0.5 * h
+        ref_x, ref_y, ref_w, ref_h = _centre_and_size(reference)
+        x, y, w, h = _centre_and_size(boxes)
         return torch.stack(
             (wx * (x - ref_x) / ref_w, wy * (y - ref_y) / ref_h,
              ww * torch.log(w / ref_w), wh * torch.log(h / ref_h)),
@@ -87,10 +97,7 @@ class BoxCoder:
     def decode(self, deltas: Tensor, reference: Tensor) -> Tensor:
         """(..., 4) deltas and (..., 4) references -> (..., 4) boxes."""
         wx, wy, ww, wh = self.weights
-        ref_w = reference[..., 2] - reference[..., 0]
-        ref_h = reference[..., 3] - reference[..., 1]
-        ref_x = reference[..., 0] + 0.5 * ref_w
-        ref_y = reference[..., 1] + 0.5 * ref_h
+        ref_x, ref_y, ref_w, ref_h = _centre_and_size(reference)
         dx = deltas[..., 0] / wx
         dy = deltas[..., 1] / wy
         dw = (deltas[..., 2] / ww).clamp(max=self.scale_clamp)
@@ -100,3 +107,10 @@ class BoxCoder:
         half_w = 0.5 * torch.exp(dw) * ref_w
         half_h = 0.5 * torch.exp(dh) * ref_h
         return torch.stack((x - half_w, y - half_h, x + half_w, y + half_h), dim=-1)
+
+
+def _centre_and_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(..., 4) xyxy -> centre x, centre y, width, height, each (...)."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h

@@ -1,5 +1,7 @@
 """ResNet trunk with a one-step top-down merge into a single stride-8 feature map.
 
+Shape letters as in the ``detector`` package docstring (H, W here: the padded input image).
+
 Objects in this project's datasets are 8 to ~64 px on ~128 px inputs. A stride-16 C4 map
 (torchvision's ResNet C4 Faster R-CNN) gives an 8 px object less than one cell; a stride-8
 map (layer2) does not see enough context on its own. So layer3 (stride 16) is projected,
@@ -9,9 +11,6 @@ on that one map. layer4 is not used: at these input sizes it adds parameters, no
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -24,13 +23,16 @@ STRIDE = 8
 class Backbone(nn.Module):
     """images (N, 3, H, W), normalised, H and W multiples of 16 -> features (N, C, H/8, W/8)."""
 
-    def __init__(self, *, name: str = "resnet18", out_channels: int = 128, weights: str | None = None):
+    def __init__(self, *, name: str = "resnet18", out_channels: int = 128,
+                 trunk_state: dict[str, Tensor] | None = None, trunk_source: str = "trunk weights"):
+        """``trunk_state``: a torchvision ResNet state dict for the trunk (random init without
+        one); ``trunk_source`` names where it came from in errors."""
         super().__init__()
         if name not in TRUNK_CHANNELS:
             raise ValueError(f"unknown backbone '{name}'; valid: {', '.join(TRUNK_CHANNELS)}")
         resnet = getattr(torchvision.models, name)(weights=None)
-        if weights is not None:
-            load_trunk_weights(resnet, weights)
+        if trunk_state is not None:
+            load_trunk_state(resnet, trunk_state, trunk_source)
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
         self.layer2 = resnet.layer2
         self.layer3 = resnet.layer3
@@ -52,29 +54,22 @@ class Backbone(nn.Module):
         return self.smooth(self.lateral2(c2) + top_down)  # (N, C, H/8, W/8)
 
 
-def load_trunk_weights(resnet: nn.Module, path: str) -> None:
-    """Load a local torchvision-format ResNet state dict (never downloaded).
+def load_trunk_state(resnet: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Load a torchvision-format ResNet state dict into ``resnet``.
 
     The classifier (fc.*) and layer4 may be present or absent; any other missing or
-    unexpected key means the file is not a matching ResNet and is reported by name.
+    unexpected key, or a shape that does not fit, means the state is not of this ResNet and
+    is reported naming ``source``.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"backbone weights not found: {file}")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
     try:
         result = resnet.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches, e.g. resnet50 weights for a resnet18
-        raise ValueError(f"{file}: does not fit a torchvision {type(resnet).__name__}: {exc}") from None
+        raise ValueError(f"{source}: does not fit a torchvision {type(resnet).__name__}: {exc}") from None
     optional = ("fc.", "layer4.")
     missing = [k for k in result.missing_keys if not k.startswith(optional)]
     unexpected = [k for k in result.unexpected_keys if not k.startswith(optional)]
     if missing or unexpected:
         raise ValueError(
-            f"{file}: not a torchvision {type(resnet).__name__} state dict "
+            f"{source}: not a torchvision {type(resnet).__name__} state dict "
             f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
         )

@@ -1,0 +1,166 @@
+"""From the configuration to objects: the detector (ours or torchvision's), its regression
+losses, the gradient probes, the trunk's weights, and the datasets.
+
+The model and the readers take plain constructor arguments; this module is the one place that
+maps configuration options onto them (as detectron2's ``from_config`` does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detector.data import (
+    CocoDetection,
+    DetectionDataset,
+    DetectionTransform,
+    VocDetection,
+    corrupt_boxes,
+    ensure_shapes,
+)
+from detector.engine.config import Config, DataConfig, ModelConfig
+from detector.model import (
+    TORCHVISION_LOSS,
+    AnchorGenerator,
+    Backbone,
+    FasterRCNN,
+    GradientProbe,
+    RegionProposalNetwork,
+    RegressionLoss,
+    RoIHeads,
+    TorchvisionFasterRCNN,
+    build_loss,
+)
+
+
+def regression_losses(cfg: Config) -> tuple[tuple[RegressionLoss, float], tuple[RegressionLoss, float]]:
+    """(loss, weight) of the box head and of the RPN. The RPN shares the box head's loss,
+    parameters and weight unless loss.rpn_name names its own."""
+    head = build_loss(cfg.loss.name, cfg.loss.args)
+    head_weight = cfg.loss.weight if cfg.loss.weight is not None else head.default_weight
+    if cfg.loss.rpn_name is None:
+        return (head, head_weight), (head, head_weight)
+    rpn = build_loss(cfg.loss.rpn_name, cfg.loss.rpn_args)
+    rpn_weight = cfg.loss.rpn_weight if cfg.loss.rpn_weight is not None else rpn.default_weight
+    return (head, head_weight), (rpn, rpn_weight)
+
+
+def regression_loss_records(cfg: Config) -> dict[str, Any]:
+    """Name, space, every parameter and the weight of each stage's regression loss, as a run
+    records them."""
+    if cfg.model.implementation == "torchvision":
+        return {"box_head": dict(TORCHVISION_LOSS), "rpn": dict(TORCHVISION_LOSS)}
+    (head, head_weight), (rpn, rpn_weight) = regression_losses(cfg)
+    return {"box_head": _loss_record(head, head_weight), "rpn": _loss_record(rpn, rpn_weight)}
+
+
+def _loss_record(loss: RegressionLoss, weight: float) -> dict[str, Any]:
+    return {"name": loss.name, "space": loss.space, "params": loss.params, "weight": weight}
+
+
+def build_backbone(m: ModelConfig) -> Backbone:
+    state = None if m.weights is None else load_state_dict_file(m.weights)
+    return Backbone(name=m.backbone, out_channels=m.feature_channels, trunk_state=state, trunk_source=str(m.weights))
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """A local state dict (or a checkpoint holding one under ``state_dict``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"backbone weights not found: {file}")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """Our detector, or torchvision's configured like it when model.implementation is torchvision."""
+    m = cfg.model
+    backbone = build_backbone(m)
+    proposal_counts = {"rpn_pre_nms_top_n": {"train": m.rpn_pre_nms_top_n_train, "test": m.rpn_pre_nms_top_n_test},
+                       "rpn_post_nms_top_n": {"train": m.rpn_post_nms_top_n_train, "test": m.rpn_post_nms_top_n_test}}
+    if m.implementation == "torchvision":
+        return TorchvisionFasterRCNN(
+            backbone=backbone, num_classes=num_classes, anchor_sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios,
+            **proposal_counts, rpn_nms_thresh=m.rpn_nms_thresh,
+            rpn_fg_iou_thresh=m.rpn_fg_iou_thresh, rpn_bg_iou_thresh=m.rpn_bg_iou_thresh,
+            rpn_batch_size_per_image=m.rpn_batch_size_per_image, rpn_positive_fraction=m.rpn_positive_fraction,
+            roi_output_size=m.roi_output_size, roi_sampling_ratio=m.roi_sampling_ratio,
+            representation_size=m.representation_size, box_score_thresh=m.box_score_thresh,
+            box_nms_thresh=m.box_nms_thresh, detections_per_image=m.detections_per_image,
+            box_fg_iou_thresh=m.box_fg_iou_thresh, box_bg_iou_thresh=m.box_bg_iou_thresh,
+            box_batch_size_per_image=m.box_batch_size_per_image, box_positive_fraction=m.box_positive_fraction,
+        )
+    (head_loss, head_weight), (rpn_loss, rpn_weight) = regression_losses(cfg)
+    anchors = AnchorGenerator(sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios, stride=backbone.stride,
+                              offset=m.anchor_offset)
+    rpn = RegionProposalNetwork(
+        in_channels=backbone.out_channels, anchor_generator=anchors, regression_loss=rpn_loss,
+        regression_weight=rpn_weight,
+        fg_iou_thresh=m.rpn_fg_iou_thresh, bg_iou_thresh=m.rpn_bg_iou_thresh,
+        batch_size_per_image=m.rpn_batch_size_per_image, positive_fraction=m.rpn_positive_fraction,
+        pre_nms_top_n=proposal_counts["rpn_pre_nms_top_n"], post_nms_top_n=proposal_counts["rpn_post_nms_top_n"],
+        nms_thresh=m.rpn_nms_thresh, min_size=m.rpn_min_size,
+    )
+    roi_heads = RoIHeads(
+        in_channels=backbone.out_channels, num_classes=num_classes, spatial_scale=1.0 / backbone.stride,
+        output_size=m.roi_output_size, sampling_ratio=m.roi_sampling_ratio, aligned=m.roi_aligned,
+        representation_size=m.representation_size, predictor_init=m.predictor_init, regression_loss=head_loss,
+        regression_weight=head_weight,
+        fg_iou_thresh=m.box_fg_iou_thresh, bg_iou_thresh=m.box_bg_iou_thresh,
+        batch_size_per_image=m.box_batch_size_per_image, positive_fraction=m.box_positive_fraction,
+        score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,
+        detections_per_image=m.detections_per_image,
+    )
+    return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=roi_heads)
+
+
+def attach_gradient_probes(model: FasterRCNN) -> list[GradientProbe]:
+    """Probes on the regression outputs of the box head and the RPN (gradients.csv)."""
+    probes = []
+    for name, head in (("box_head", model.roi_heads), ("rpn", model.rpn)):
+        loss = head.regression_loss
+        head.regression_probe = GradientProbe(name, loss.name, loss.gradient_bound)
+        probes.append(head.regression_probe)
+    return probes
+
+
+def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
+    """The dataset of ``split`` (cfg.train_split or cfg.val_split).
+
+    ``train`` enables the random horizontal flip (when cfg.hflip); resizing applies to both.
+    The image subset is cfg.max_train_images for the training split and cfg.max_val_images
+    for the validation split (``train`` decides when both splits have the same name).
+    """
+    transform = DetectionTransform(min_size=cfg.min_size, max_size=cfg.max_size, hflip=train and cfg.hflip)
+    if split == cfg.train_split and (train or split != cfg.val_split):
+        max_images = cfg.max_train_images
+    elif split == cfg.val_split:
+        max_images = cfg.max_val_images
+    else:
+        max_images = None
+    options = dict(categories=cfg.categories, max_images=max_images, transform=transform,
+                   skip_bad_images=cfg.skip_bad_images)
+    ensure_generated(cfg)
+    if cfg.name in ("shapes", "coco"):
+        dataset = CocoDetection(cfg.root, split, **options)
+    elif cfg.name == "voc":
+        dataset = VocDetection(cfg.root, split, **options)
+    else:
+        raise ValueError(f"unknown dataset '{cfg.name}'; valid names: shapes, coco, voc")
+    if train and cfg.train_box_noise > 0:
+        dataset.records, _ = corrupt_boxes(dataset.records, cfg.train_box_noise, cfg.train_box_noise_seed)
+    return dataset
+
+
+def ensure_generated(cfg: DataConfig) -> None:
+    """Generate the shapes dataset when it is the one configured and not there yet."""
+    if cfg.name == "shapes":
+        ensure_shapes(cfg.root, image_size=cfg.shapes_image_size, num_train=cfg.shapes_num_train,
+                      num_val=cfg.shapes_num_val, seed=cfg.shapes_seed)

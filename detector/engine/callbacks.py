@@ -1,0 +1,107 @@
+"""Lightning callbacks of a training run: the regression-gradient statistics, and stopping
+cleanly on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from detector.model import GRADIENT_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+class GradientStatistics(pl.Callback):
+    """At every logging step, the |dl/dx| statistics of the module's gradient probes, one row
+    per head appended to ``path`` (gradients.csv) and flushed, so an interrupted run keeps
+    them. Only rank 0 writes; a diverged step has no gradients to describe."""
+
+    def __init__(self, path: str | Path, every_n_steps: int):
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self._file = None
+        self._writer: csv.DictWriter | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        new = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=GRADIENT_COLUMNS)
+        if new:
+            self._writer.writeheader()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step - 1  # global_step has advanced past the step the probes saw
+        if self._writer is None or step % self.every_n_steps or pl_module.diverged is not None:
+            return
+        for probe in pl_module.gradient_probes:
+            row = probe.statistics(step)
+            if row is not None:
+                self._writer.writerow(row)
+        self._file.flush()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close()  # Lightning skips the teardown hooks when fit() fails
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
+
+
+class StopOnSignal(pl.Callback):
+    """Ctrl-C or SIGTERM asks training to stop after the current step: the callback then saves
+    ``checkpoint`` and stops the trainer (the run is marked interrupted); a second signal stops
+    at once (KeyboardInterrupt). ``stopped_at_step`` says where it stopped, None if it did not."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, checkpoint: str | Path):
+        self.checkpoint = str(checkpoint)
+        self.stopped_at_step: int | None = None
+        self._requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self._requested:
+            raise KeyboardInterrupt
+        self._requested = True
+        log.warning("%s: stopping after this step and saving a checkpoint (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.strategy.reduce_boolean_decision(self._requested, all=False):  # any rank asked
+            # Between two steps the model, optimiser, schedule and loop counters agree, so a
+            # checkpoint written here resumes exactly where this run stopped.
+            self.stopped_at_step = trainer.global_step
+            trainer.save_checkpoint(self.checkpoint)
+            trainer.should_stop = True
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()  # Lightning skips the teardown hooks when fit() fails
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
