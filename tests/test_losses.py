@@ -63,16 +63,22 @@ def test_user_loss_from_module_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_box_regression_loss_masks_background_and_stays_finite(name):
     coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
-    reference = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20], [0, 0, 10, 10]])
-    target = torch.tensor([[1.0, 1, 11, 12], [0, 0, 0, 0], [0, 0, 10, 10]])  # row 2: zero-area padding
-    pred = torch.randn(3, 4, requires_grad=True)
-    foreground = torch.tensor([True, False, True])
+    # Rows 1-3 are not foreground, with the boxes such rows really carry: zero-area padding as
+    # reference and target (0/0 in encode), an inverted reference (log of a negative), and a
+    # zero-area target on a real reference (log 0); row 4 predicts a huge offset.
+    reference = torch.tensor([[0.0, 0, 10, 10], [0, 0, 0, 0], [20, 20, 5, 5], [5, 5, 20, 20], [5, 5, 20, 20],
+                              [0, 0, 10, 10]])
+    target = torch.tensor([[1.0, 1, 11, 12], [0, 0, 0, 0], [0, 0, 0, 0], [3, 3, 3, 3], [0, 0, 1, 1], [0, 0, 10, 10]])
+    pred = torch.randn(6, 4)
+    pred[4] = 1e4
+    pred.requires_grad_(True)
+    foreground = torch.tensor([True, False, False, False, False, True])
     loss = build_loss(name)
     total = box_regression_loss(loss, pred, target, reference, coder, foreground)
     total.backward()
     assert torch.isfinite(total) and torch.isfinite(pred.grad).all()
-    assert (pred.grad[1] == 0).all()  # background contributes nothing
-    rows = [0, 2]
+    assert (pred.grad[1:5] == 0).all()  # rows that are not foreground contribute nothing
+    rows = [0, 5]
     if loss.space == "deltas":
         expected = loss(pred[rows], coder.encode(target[rows], reference[rows])).sum()
     else:

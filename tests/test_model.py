@@ -187,3 +187,45 @@ def test_rpn_losses_equal_the_dense_computation(name):
     expected = box_regression_loss(rpn.regression_loss, deltas, matched, anchors, rpn.coder, positive)
     assert positive.sum() > 0
     torch.testing.assert_close(losses["loss_rpn_box"], rpn.regression_weight * expected / num_sampled)
+
+
+def crowded_batch(seed=0):
+    """Images almost covered by ground truth (cells in a blood smear), with different box counts
+    per image, so the padded ground truth has zero-area rows and negatives are scarce."""
+    gen = torch.Generator().manual_seed(seed)
+    images = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=gen) for _ in range(2)]
+    grid = [[x, y, x + 16.0, y + 16.0] for x in range(0, 64, 16) for y in range(0, 64, 16)]  # 16 boxes tile the image
+    targets = [{"boxes": torch.tensor(grid), "labels": torch.randint(1, 4, (16,), generator=gen)},
+               {"boxes": torch.tensor(grid[:5]), "labels": torch.randint(1, 4, (5,), generator=gen)}]
+    return images, targets
+
+
+CROWDED = SMALL + ["model.box_batch_size_per_image=64", "model.rpn_post_nms_top_n_train=8"]
+
+
+def test_crowded_images_sample_padding_rows():
+    model = build_model(config_lib.load(overrides=CROWDED), num_classes=3).train()
+    images, targets = crowded_batch()
+    gt_boxes, gt_labels, gt_valid = model.pad_targets(targets, "cpu")
+    proposals = torch.tensor([[0.0, 0, 16, 16]]).repeat(2, 8, 1)  # (N, P, 4): all on one cell
+    proposal_valid = torch.zeros(2, 8, dtype=torch.bool)
+    proposal_valid[:, 0] = True
+    rois, labels, matched = model.roi_heads.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
+    padding = (labels == -1) & (rois == 0).all(-1) & (rois[..., 2] - rois[..., 0] == 0)
+    assert padding[1].sum() == 11  # image 1's 11 padded ground-truth rows are drawn, as zero-area boxes
+    assert (labels[1] == 0).sum() == 0  # and no negative exists there
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_padding_and_background_rows_keep_every_loss_and_gradient_finite(name):
+    """Through the real path: RPN and box-head sampling on crowded images draw padding rows whose
+    boxes are (0, 0, 0, 0); every loss and every gradient must stay finite."""
+    torch.manual_seed(0)
+    model = build_model(config_lib.load(overrides=CROWDED + [f"loss.name={name}"]), num_classes=3).train()
+    for seed in range(3):
+        images, targets = crowded_batch(seed)
+        losses = model(images, targets)
+        assert all(torch.isfinite(v) for v in losses.values()), (name, losses)
+        model.zero_grad()
+        sum(losses.values()).backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

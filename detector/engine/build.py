@@ -7,10 +7,13 @@ maps configuration options onto them (as detectron2's ``from_config`` does).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
+import torchvision
 from torch import Tensor, nn
 
 from detector.data import (
@@ -21,8 +24,10 @@ from detector.data import (
     corrupt_boxes,
     ensure_shapes,
 )
-from detector.engine.config import Config, DataConfig, ModelConfig
+from detector.engine.config import Config, ConfigError, DataConfig, ModelConfig
 from detector.model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     TORCHVISION_LOSS,
     AnchorGenerator,
     Backbone,
@@ -33,6 +38,8 @@ from detector.model import (
     RoIHeads,
     TorchvisionFasterRCNN,
     build_loss,
+    load_trunk_state,
+    named_weights,
 )
 
 
@@ -61,28 +68,69 @@ def _loss_record(loss: RegressionLoss, weight: float) -> dict[str, Any]:
     return {"name": loss.name, "space": loss.space, "params": loss.params, "weight": weight}
 
 
-def build_backbone(m: ModelConfig) -> Backbone:
-    state = None if m.weights is None else load_state_dict_file(m.weights)
-    return Backbone(name=m.backbone, out_channels=m.feature_channels, trunk_state=state, trunk_source=str(m.weights))
+def load_trunk_weights(m: ModelConfig) -> dict[str, Tensor] | None:
+    """The trunk's pretrained state dict named by ``model.weights`` (None without one), checked
+    against the chosen trunk, so that a name, a file or a download that cannot serve fails
+    before a run starts. Named weights come through torchvision's weights API and its cache
+    (``$TORCH_HOME/hub/checkpoints``), downloaded once when not cached."""
+    if m.weights is None:
+        return None
+    weights = named_weights(m.backbone, m.weights)
+    if weights is None:
+        state = _load_state_dict_file(m.weights)
+    else:
+        try:
+            state = weights.get_state_dict(progress=True, check_hash=True)
+        except OSError as exc:  # URLError included: offline, or the server refused
+            file = os.path.basename(urlparse(weights.url).path)
+            cache = Path(torch.hub.get_dir()) / "checkpoints"
+            raise ConfigError(
+                f"option 'model.weights' is {m.weights!r} ({weights}): {file} is not in torchvision's cache and "
+                f"cannot be downloaded ({getattr(exc, 'reason', exc)}); put {file} (from {weights.url}) into "
+                f"{cache}/, or give a local state dict file with --weights PATH") from None
+    try:  # the same check the model's trunk makes, on a skeleton, before anything is written
+        load_trunk_state(getattr(torchvision.models, m.backbone)(weights=None), state, m.weights)
+    except ValueError as exc:
+        raise ConfigError(f"option 'model.weights': {exc}") from None
+    return state
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+def _load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """A local state dict (or a checkpoint holding one under ``state_dict``)."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"backbone weights not found: {file}")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a file that is not a state dict
+        raise ConfigError(f"option 'model.weights': {file} cannot be read as a state dict ({exc})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
+        raise ConfigError(f"option 'model.weights': {file} holds a {type(state).__name__}, not a state dict")
     return state
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """Our detector, or torchvision's configured like it when model.implementation is torchvision."""
+def image_normalisation(m: ModelConfig) -> dict[str, tuple[float, float, float]]:
+    """The input normalisation the trunk's weights were trained with (ImageNet's without named
+    weights, which is also what torchvision's ResNet weights use)."""
+    weights = None if m.weights is None else named_weights(m.backbone, m.weights)
+    if weights is None:
+        return {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
+    transforms = weights.transforms()
+    return {"image_mean": tuple(transforms.mean), "image_std": tuple(transforms.std)}
+
+
+def build_model(cfg: Config, num_classes: int, trunk_state: dict[str, Tensor] | None = None) -> nn.Module:
+    """Our detector, or torchvision's configured like it when model.implementation is torchvision.
+
+    ``trunk_state``: the pretrained trunk of ``model.weights`` (``load_trunk_weights``); leave it
+    out when a checkpoint will provide every weight. The architecture (frozen batch norms,
+    frozen stages) follows ``model.weights`` either way, so a checkpoint always fits.
+    """
     m = cfg.model
-    backbone = build_backbone(m)
+    backbone = Backbone(name=m.backbone, out_channels=m.feature_channels, pretrained=m.weights is not None,
+                        trainable_layers=m.trainable_layers, trunk_state=trunk_state, trunk_source=str(m.weights))
     proposal_counts = {"rpn_pre_nms_top_n": {"train": m.rpn_pre_nms_top_n_train, "test": m.rpn_pre_nms_top_n_test},
                        "rpn_post_nms_top_n": {"train": m.rpn_post_nms_top_n_train, "test": m.rpn_post_nms_top_n_test}}
     if m.implementation == "torchvision":
@@ -96,6 +144,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
             box_nms_thresh=m.box_nms_thresh, detections_per_image=m.detections_per_image,
             box_fg_iou_thresh=m.box_fg_iou_thresh, box_bg_iou_thresh=m.box_bg_iou_thresh,
             box_batch_size_per_image=m.box_batch_size_per_image, box_positive_fraction=m.box_positive_fraction,
+            **image_normalisation(m),
         )
     (head_loss, head_weight), (rpn_loss, rpn_weight) = regression_losses(cfg)
     anchors = AnchorGenerator(sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios, stride=backbone.stride,
@@ -118,7 +167,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,
         detections_per_image=m.detections_per_image,
     )
-    return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=roi_heads)
+    return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=roi_heads, **image_normalisation(m))
 
 
 def attach_gradient_probes(model: FasterRCNN) -> list[GradientProbe]:

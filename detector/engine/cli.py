@@ -34,7 +34,8 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
     "--skip-bad-images": ("data.skip_bad_images", "leave out images whose files are missing or cannot be decoded "
                           "(counted in the log)", {"action": "store_const", "const": "true"}),
     "--backbone": ("model.backbone", "resnet18, resnet34 or resnet50", {}),
-    "--weights": ("model.weights", "local torchvision-format ResNet state dict for the trunk", {}),
+    "--weights": ("model.weights", "pretrained trunk: imagenet, a torchvision weights name "
+                  "(e.g. ResNet50_Weights.IMAGENET1K_V2) or a local state dict file", {}),
     "--epochs": ("train.epochs", "training epochs", {"type": int}),
     "--max-steps": ("train.max_steps", "stop after this many optimiser steps (overrides --epochs)",
                     {"type": int}),

@@ -20,8 +20,7 @@ import yaml
 
 from detector.engine.errors import ConfigError
 from detector.engine.io import atomic_write_text
-from detector.model.losses import build_loss
-from detector.model.reference import TORCHVISION_LOSS
+from detector.model import TORCHVISION_LOSS, build_loss, named_weights
 
 __all__ = ["Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig"]
 
@@ -63,7 +62,14 @@ class ModelConfig:
     # reference of the benchmark's accuracy-parity mode; its loss is hard-wired smooth L1.
     implementation: str = "ours"  # ours | torchvision
     backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50
-    weights: str | None = None  # local torchvision-format state dict; never downloaded
+    # Pretrained trunk: "imagenet" (torchvision's default weights of the backbone), a torchvision
+    # weights name ("ResNet50_Weights.IMAGENET1K_V2" or "IMAGENET1K_V2"; through torchvision's
+    # weights API and cache, downloaded once), or a local torchvision-format state dict file.
+    # Empty: random init. With weights, batch norm in the trunk is frozen and only the last
+    # trainable_layers stages of (layer4, layer3, layer2, layer1, conv1) train, as torchvision's
+    # trainable_backbone_layers (this trunk has no layer4: 1 trains none of it, 5 all of it).
+    weights: str | None = None
+    trainable_layers: int = 3
     # Width of the merged stride-8 map. The RoI head's cost (RoIAlign output, first FC layer)
     # scales with it; 64 is enough for the shapes preset and keeps a CPU step cheap.
     feature_channels: int = 64
@@ -341,8 +347,15 @@ def validate(cfg: Config) -> None:
         check(getattr(m, key) >= 1, f"model.{key}", ">= 1")
     for key in ("rpn_nms_thresh", "box_nms_thresh", "box_score_thresh"):
         check(0 <= getattr(m, key) <= 1, f"model.{key}", "in [0, 1]")
-    if m.weights is not None and not Path(m.weights).is_file():
-        raise ConfigError(f"option 'model.weights': file not found: {m.weights}")
+    check(0 <= m.trainable_layers <= 5, "model.trainable_layers", "from 0 to 5")
+    if m.weights is not None:
+        try:
+            named = named_weights(m.backbone, m.weights)
+        except ValueError as exc:
+            raise ConfigError(f"option 'model.weights': {exc}") from None
+        if named is None and not Path(m.weights).is_file():
+            raise ConfigError(f"option 'model.weights': file not found: {m.weights} (or give a torchvision "
+                              "weights name such as imagenet)")
     check(t.epochs >= 1 or t.max_steps > 0, "train.epochs", ">= 1 (or set train.max_steps)")
     check(t.lr > 0, "train.lr", "> 0")
     check(t.weight_decay >= 0, "train.weight_decay", ">= 0")

@@ -23,13 +23,16 @@ class DetectorModule(pl.LightningModule):
     heads carry gradient probes (``gradient_probes``), read by the GradientStatistics callback.
     """
 
-    def __init__(self, config: dict[str, Any], class_names: list[str], label_to_category_id: dict[int, int]):
+    def __init__(self, config: dict[str, Any], class_names: list[str], label_to_category_id: dict[int, int],
+                 trunk_state: dict[str, Tensor] | None = None):
+        """``trunk_state``: pretrained trunk weights (``build.load_trunk_weights``) for a new run;
+        not a hyperparameter (a checkpoint holds every weight)."""
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["trunk_state"])
         self.cfg: Config = from_dict(config)
         self.class_names = list(class_names)
         self.label_to_category_id = {int(k): int(v) for k, v in label_to_category_id.items()}
-        self.model = build_model(self.cfg, num_classes=len(self.class_names))
+        self.model = build_model(self.cfg, num_classes=len(self.class_names), trunk_state=trunk_state)
         self.gradient_probes = attach_gradient_probes(self.model) if self.cfg.train.gradient_stats else []
         self.val_dataset = None
         self.last_metrics: dict[str, Any] | None = None
@@ -40,8 +43,8 @@ class DetectorModule(pl.LightningModule):
         self._last_finite_losses: dict[str, float] | None = None
 
     @classmethod
-    def from_config(cls, cfg: Config, dataset) -> "DetectorModule":
-        return cls(to_dict(cfg), dataset.class_names, dataset.label_to_category_id)
+    def from_config(cls, cfg: Config, dataset, trunk_state: dict[str, Tensor] | None = None) -> "DetectorModule":
+        return cls(to_dict(cfg), dataset.class_names, dataset.label_to_category_id, trunk_state)
 
     # --- training ---------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from detector.engine import config as config_lib
-from detector.engine.build import regression_loss_records
+from detector.engine.build import load_trunk_weights, regression_loss_records
 from detector.engine.callbacks import GradientStatistics, StopOnSignal
 from detector.engine.config import Config, ConfigError
 from detector.engine.datamodule import DetectionDataModule
@@ -150,6 +150,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     resolve_precision(cfg)
     run_dir = Path(t.out_dir) / (t.run_name or default_run_name(cfg))
     checkpoint, previous = prepare_resume(run_dir) if resume else (None, {})
+    # Before anything is written: weights that cannot be had or do not fit stop here.
+    trunk_state = None if resume else load_trunk_weights(cfg.model)
     stop = StopOnSignal(run_dir / "checkpoints" / INTERRUPTED_CHECKPOINT)
     gradients = GradientStatistics(run_dir / "gradients.csv", t.log_every_n_steps) if t.gradient_stats else None
     trainer = build_trainer(cfg, run_dir, callbacks=[stop, *([gradients] if gradients else [])])
@@ -162,7 +164,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
 
     data = prepare_data(cfg, record)
     data_ready = time.perf_counter()
-    module = DetectorModule.from_config(cfg, data.train_dataset)
+    module = DetectorModule.from_config(cfg, data.train_dataset, trunk_state)
     module.val_dataset = data.val_dataset
     record.fields.update(loss=regression_loss_records(cfg), num_train_images=len(data.train_dataset),
                          num_val_images=len(data.val_dataset), class_names=module.class_names)

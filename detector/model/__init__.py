@@ -5,7 +5,7 @@ configuration, files, Lightning or the command line (``detector/engine/build.py`
 configuration onto it)."""
 
 from detector.model.anchors import AnchorGenerator
-from detector.model.backbone import TRUNK_CHANNELS, Backbone
+from detector.model.backbone import TRUNK_CHANNELS, Backbone, load_trunk_state, named_weights
 from detector.model.boxes import BoxCoder, batched_box_iou, box_iou
 from detector.model.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, FasterRCNN
 from detector.model.gradients import COLUMNS as GRADIENT_COLUMNS
@@ -34,4 +34,6 @@ __all__ = [
     "batched_box_iou",
     "box_iou",
     "build_loss",
+    "load_trunk_state",
+    "named_weights",
 ]
