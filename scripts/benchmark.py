@@ -9,7 +9,10 @@ Sections (--sections, default all):
                   BalancedPositiveNegativeSampler + BoxCoder, batch 1/8/16/32, the anchors of
                   800x1333 images, identical inputs
   train-step      images/s of a full training step on the preset's batches, ours vs
-                  torchvision's FasterRCNN configured identically (detector/reference.py)
+                  torchvision's FasterRCNN configured identically (detector/model/reference.py)
+  real-sizes      the training step (ours with each RoIAlign path, torchvision's) and the
+                  target assignment at BCCD-like 320x427 (batch 8) and COCO-like 800x1333
+                  (batch 2), random images and boxes, the --real-config preset's model
   evaluation      COCOeval vs the VOC rule on the same detections
   gradient-stats  the cost of the regression-gradient statistics relative to a step
 --parity (a mode of its own, instead of the sections) trains the preset with ours
@@ -17,6 +20,9 @@ Sections (--sections, default all):
 model.predictor_init=torchvision) and with torchvision's FasterRCNN, same schedule, at
 each of --seeds, and compares their COCO AP paired by seed. Finished parity runs in --runs-dir
 are reused.
+--profile (a mode of its own) splits a training step of the preset (--config) into its stages,
+times the trunk's own forward+backward on the same batch (step / trunk is the overhead
+ratio), and splits one evaluation into inference, post-processing and COCOeval.
 
 Every case runs in a fresh process, so each has its own peak memory.
 """
@@ -27,7 +33,7 @@ import argparse
 
 from detector.engine.cli import add_config_arguments, run_main
 
-SECTIONS = ("assignment", "train-step", "evaluation", "gradient-stats")
+SECTIONS = ("assignment", "train-step", "real-sizes", "evaluation", "gradient-stats")
 
 
 def main() -> int:
@@ -36,12 +42,17 @@ def main() -> int:
     parser.add_argument("--out", default="reports/benchmark.json", help="JSON file to write")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--real-config", default="configs/custom.yaml",
+                        help="preset of the real-sizes section's model (default: the real-photo preset)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 16, 32],
                         help="batch sizes of the assignment section")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (after warm-up)")
     parser.add_argument("--steps", type=int, default=12, help="training steps per train-step case (2 warm-up)")
     parser.add_argument("--parity", action="store_true",
                         help="instead of the sections: train both detectors on the preset and compare COCO AP")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the sections: where the time of a training step and of one evaluation of "
+                             "the preset goes, and the trunk's own forward+backward")
     parser.add_argument("--runs-dir", default="runs/benchmark", help="run directories of the parity mode")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds of the parity mode")
     args = parser.parse_args()

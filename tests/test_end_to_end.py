@@ -169,11 +169,21 @@ def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
-def test_mixed_precision_preset_trains_in_fp32_on_the_cpu(caplog):
-    from detector.engine.training import resolve_precision
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_precision_on_the_cpu_follows_its_bf16_support(caplog, monkeypatch, fast_bf16):
+    from detector.engine import training
 
+    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: fast_bf16)
+    expected = "bf16-mixed" if fast_bf16 else "32-true"
     cfg = config_lib.load(REPO / "configs" / "shapes_gpu.yaml", overrides=["train.accelerator=auto"])
     assert cfg.train.precision == "bf16-mixed"
-    resolve_precision(cfg)
-    assert cfg.train.precision == "32-true"
-    assert "needs a GPU" in caplog.text
+    training.resolve_precision(cfg)
+    assert cfg.train.precision == expected
+    assert ("needs a GPU or a CPU with native bf16" in caplog.text) is not fast_bf16
+    cfg = config_lib.load()  # the default preset: auto
+    assert cfg.train.precision == "auto"
+    training.resolve_precision(cfg)
+    assert cfg.train.precision == expected
+    cfg = config_lib.load(overrides=["train.precision=16-mixed"])
+    training.resolve_precision(cfg)
+    assert cfg.train.precision == "32-true"  # fp16 autocast is never used on a CPU

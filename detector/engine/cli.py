@@ -45,7 +45,8 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
     "--devices": ("train.devices", "devices (processes) per node", {"type": int}),
     "--num-nodes": ("train.num_nodes", "nodes", {"type": int}),
     "--strategy": ("train.strategy", "Lightning strategy, e.g. ddp", {}),
-    "--precision": ("train.precision", "32-true, 16-mixed or bf16-mixed", {}),
+    "--precision": ("train.precision", "auto (bf16 where the hardware has it natively), 32-true, 16-mixed or "
+                    "bf16-mixed", {}),
     "--out-dir": ("train.out_dir", "folder that receives run directories", {}),
     "--run-name": ("train.run_name", "run directory name", {}),
     "--threads": ("train.threads", "torch CPU threads", {"type": int}),

@@ -133,7 +133,9 @@ class TrainConfig:
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    # auto: bf16 autocast where the hardware computes bf16 natively (GPUs with bf16, CPUs with
+    # AVX512-BF16 or AMX), fp32 elsewhere; the run records what it resolved to.
+    precision: str = "auto"
     seed: int = 0
     deterministic: bool = False
     threads: int | None = None  # torch intra-op threads on the CPU; None = torch's default
@@ -160,7 +162,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("cosine", "constant"),
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
-    "train.precision": ("32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
+    "train.precision": ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
 }
 
 

@@ -39,8 +39,10 @@ from detector.engine.config import Config
 from detector.engine.io import atomic_write_json
 from detector.engine.training import train
 from detector.lab.compare import check_reusable, run_status
+from detector.lab.profile import format_profile, profile_evaluation, profile_training
 from detector.lab.report import paired_difference
 from detector.model import AnchorGenerator, FasterRCNN
+from detector.model import roi_heads as roi_heads_module
 
 ASSIGNMENT_IMAGE_SIZE = (800, 1333)  # (H, W): COCO's training size
 ASSIGNMENT_PROPOSALS = 2000  # torchvision's post-NMS proposals per image in training
@@ -63,13 +65,18 @@ def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.parity:
         args.sections = []
         result["parity"] = parity(cfg, Path(args.runs_dir), args.seeds)
+    if args.profile:
+        args.sections = []
+        result["profile"] = profile_preset(cfg_dict, args.steps, device)  # in this process: it starts DataLoader workers
+        print(format_profile(result["profile"]), flush=True)
     if "assignment" in args.sections:
         rows = []
         print(f"\n{'assignment':<12}{'batch':>6}{'anchors/img':>12}{'ours (ms)':>11}{'torchvision (ms)':>18}"
               f"{'speed-up':>10}{'ours MB':>9}{'tv MB':>8}", flush=True)
         for batch_size in args.batch_sizes:
-            ours = run_isolated(ours_assignment, batch_size, args.repeats, device)
-            reference = run_isolated(torchvision_assignment, batch_size, args.repeats, device)
+            ours = run_isolated(ours_assignment, batch_size, args.repeats, cfg_dict, ASSIGNMENT_IMAGE_SIZE, device)
+            reference = run_isolated(torchvision_assignment, batch_size, args.repeats, cfg_dict, ASSIGNMENT_IMAGE_SIZE,
+                                     device)
             row = {"batch_size": batch_size, "anchors_per_image": ours["anchors_per_image"],
                    "ours_s": ours["time_s"], "torchvision_s": reference["time_s"],
                    "speedup": reference["time_s"] / ours["time_s"],
@@ -80,8 +87,8 @@ def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
                   f"{row['torchvision_peak_mb']:>8.0f}", flush=True)
         result["assignment"] = rows
     if "train-step" in args.sections:
-        ours = run_isolated(train_step, "ours", cfg_dict, args.steps, device)
-        reference = run_isolated(train_step, "torchvision", cfg_dict, args.steps, device)
+        ours = run_isolated(train_step, "ours", cfg_dict, args.steps, None, None, device)
+        reference = run_isolated(train_step, "torchvision", cfg_dict, args.steps, None, None, device)
         result["train_step"] = {"ours": ours, "torchvision": reference,
                                 "speedup": ours["images_per_s"] / reference["images_per_s"]}
         print(f"\n{'train-step':<12}{'batch':>6}{'ours img/s':>12}{'torchvision img/s':>19}{'speed-up':>10}"
@@ -89,6 +96,8 @@ def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{'':<12}{ours['batch_size']:>6}{ours['images_per_s']:>12.1f}{reference['images_per_s']:>19.1f}"
               f"{result['train_step']['speedup']:>9.2f}x{ours['peak_memory_mb']:>9.0f}"
               f"{reference['peak_memory_mb']:>8.0f}", flush=True)
+    if "real-sizes" in args.sections:
+        result["real_sizes"] = real_sizes(config_lib.to_dict(config_lib.load(args.real_config, args.set)), args, device)
     if "evaluation" in args.sections:
         timing = run_isolated(evaluation, cfg_dict, device)
         result["evaluation"] = timing
@@ -103,6 +112,50 @@ def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
     atomic_write_json(Path(args.out), result)
     print(json.dumps({"written": args.out}))
     return result
+
+
+# name -> (height, width, batch size): photos as the real-photo preset sizes them, and COCO's size.
+REAL_SIZES = {"bccd-like": (320, 427, 8), "coco-like": (800, 1333, 2)}
+
+
+def real_sizes(cfg_dict: dict[str, Any], args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    """At each of REAL_SIZES, with the real-photo preset's model: the training step of ours (with
+    each RoIAlign path) and of torchvision's detector on the same random images and boxes, and
+    both stages' target assignment."""
+    rows = []
+    print(f"\n{'real sizes':<12}{'case':<34}{'img/s':>8}{'ms':>9}{'vs tv':>7}{'MB':>7}", flush=True)
+    for name, (height, width, batch_size) in REAL_SIZES.items():
+        cfg_dict = {**cfg_dict, "data": {**cfg_dict["data"], "batch_size": batch_size}}
+        image_size = (height, width)
+        cases = {"ours, separable RoIAlign": ("ours", "separable"), "ours, torchvision RoIAlign": ("ours", "torchvision"),
+                 "torchvision FasterRCNN": ("torchvision", None)}
+        steps = {case: run_isolated(train_step, implementation, cfg_dict, args.steps, image_size, roi_align, device)
+                 for case, (implementation, roi_align) in cases.items()}
+        assignment = {"ours": run_isolated(ours_assignment, batch_size, args.repeats, cfg_dict, image_size, device),
+                      "torchvision": run_isolated(torchvision_assignment, batch_size, args.repeats, cfg_dict, image_size,
+                                                  device)}
+        reference = steps["torchvision FasterRCNN"]
+        row = {"name": name, "image_size": [height, width], "batch_size": batch_size, "train_step": steps,
+               "assignment": assignment,
+               "train_step_speedup": {case: r["images_per_s"] / reference["images_per_s"] for case, r in steps.items()},
+               "assignment_speedup": assignment["torchvision"]["time_s"] / assignment["ours"]["time_s"]}
+        rows.append(row)
+        for case, r in steps.items():
+            print(f"{name:<12}{case:<34}{r['images_per_s']:>8.2f}{r['step_s'] * 1e3:>9.0f}"
+                  f"{row['train_step_speedup'][case]:>6.2f}x{r['peak_memory_mb']:>7.0f}", flush=True)
+        for case, r in assignment.items():
+            speedup = row["assignment_speedup"] if case == "ours" else 1.0
+            print(f"{name:<12}{'assignment, ' + case:<34}{'':>8}{r['time_s'] * 1e3:>9.1f}{speedup:>6.2f}x"
+                  f"{r['peak_memory_mb']:>7.0f}", flush=True)
+    return rows
+
+
+def profile_preset(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
+    """Where the time of a training step and of one evaluation of the preset goes."""
+    cfg = config_lib.from_dict(cfg_dict)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    return {"train": profile_training(cfg, steps, device), "evaluation": profile_evaluation(cfg, device)}
 
 
 def run_isolated(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -143,33 +196,47 @@ def _median_time(call: Callable[[], Any], device: str, repeats: int, warmup: int
     return sorted(times)[len(times) // 2]
 
 
-def assignment_inputs(batch_size: int, device: str, seed: int = 0) -> dict[str, Any]:
-    """Anchors of an 800x1333 image on our stride-8 map, random ground truth and proposals."""
+def assignment_inputs(batch_size: int, device: str, seed: int = 0, cfg: Config | None = None,
+                      image_size: tuple[int, int] = ASSIGNMENT_IMAGE_SIZE) -> dict[str, Any]:
+    """Anchors of ``cfg``'s stride-8 map on (H, W) images, random ground truth and proposals."""
     generator = torch.Generator().manual_seed(seed)
-    cfg = Config()
-    anchor_generator = AnchorGenerator(sizes=cfg.model.anchor_sizes, aspect_ratios=cfg.model.aspect_ratios, stride=8)
-    height, width = ASSIGNMENT_IMAGE_SIZE
-    anchors = anchor_generator.grid_anchors(height // 8, -(-width // 8), torch.device(device), torch.float32)
-
-    def random_boxes(count: int, low: float, high: float) -> torch.Tensor:
-        size = torch.empty(count, 2).uniform_(low, high, generator=generator)
-        corner = torch.rand(count, 2, generator=generator) * (torch.tensor([width, height]) - size)
-        return torch.cat((corner, corner + size), dim=1).to(device)
-
-    counts = torch.randint(1, ASSIGNMENT_MAX_GT + 1, (batch_size,), generator=generator).tolist()
-    targets = [{"boxes": random_boxes(c, 16, 400), "labels": torch.randint(1, 81, (c,), generator=generator).to(device)}
-               for c in counts]
-    proposals = [random_boxes(ASSIGNMENT_PROPOSALS, 8, 500) for _ in range(batch_size)]
+    cfg = cfg or Config()
+    anchor_generator = AnchorGenerator(sizes=cfg.model.anchor_sizes, aspect_ratios=cfg.model.aspect_ratios, stride=8,
+                                       offset=cfg.model.anchor_offset)
+    height, width = image_size
+    anchors = anchor_generator.grid_anchors(-(-height // 8), -(-width // 8), torch.device(device), torch.float32)
+    targets = [{"boxes": boxes.to(device), "labels": labels.to(device)}
+               for boxes, labels in _random_targets(batch_size, height, width, generator)]
+    proposals = [_random_boxes(ASSIGNMENT_PROPOSALS, 8, min(500, width), height, width, generator).to(device)
+                 for _ in range(batch_size)]
     return {"anchors": anchors, "targets": targets, "proposals": proposals}
 
 
-def ours_assignment(batch_size: int, repeats: int, device: str) -> dict[str, Any]:
+def _random_boxes(count: int, low: float, high: float, height: int, width: int,
+                  generator: torch.Generator) -> torch.Tensor:
+    """(count, 4) boxes with sides uniform in [low, high], inside a (height, width) image."""
+    size = torch.empty(count, 2).uniform_(low, high, generator=generator).clamp(max=min(height, width))
+    corner = torch.rand(count, 2, generator=generator) * (torch.tensor([width, height]) - size)
+    return torch.cat((corner, corner + size), dim=1)
+
+
+def _random_targets(batch_size: int, height: int, width: int, generator: torch.Generator,
+                    num_classes: int = 80) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """1..ASSIGNMENT_MAX_GT boxes per image, 16 px to half the shorter side."""
+    counts = torch.randint(1, ASSIGNMENT_MAX_GT + 1, (batch_size,), generator=generator).tolist()
+    return [(_random_boxes(c, 16, min(height, width) / 2, height, width, generator),
+             torch.randint(1, num_classes + 1, (c,), generator=generator)) for c in counts]
+
+
+def ours_assignment(batch_size: int, repeats: int, cfg_dict: dict[str, Any], image_size: tuple[int, int],
+                    device: str) -> dict[str, Any]:
     torch.manual_seed(0)
-    inputs = assignment_inputs(batch_size, device)
-    model = build_model(Config(), num_classes=80).to(device)
+    cfg = config_lib.from_dict(cfg_dict)
+    inputs = assignment_inputs(batch_size, device, cfg=cfg, image_size=image_size)
+    model = build_model(cfg, num_classes=80).to(device)
     rpn, heads = model.rpn, model.roi_heads
-    height, width = ASSIGNMENT_IMAGE_SIZE
-    feature_size = (height // 8, -(-width // 8))
+    height, width = image_size
+    feature_size = (-(-height // 8), -(-width // 8))
     gt_boxes, gt_labels, gt_valid = FasterRCNN.pad_targets(inputs["targets"], torch.device(device))
     proposals = torch.stack(inputs["proposals"])  # (N, P, 4)
     proposal_valid = torch.ones(proposals.shape[:2], dtype=torch.bool, device=device)
@@ -185,10 +252,11 @@ def ours_assignment(batch_size: int, repeats: int, device: str) -> dict[str, Any
     return {"time_s": _median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
 
 
-def torchvision_assignment(batch_size: int, repeats: int, device: str) -> dict[str, Any]:
+def torchvision_assignment(batch_size: int, repeats: int, cfg_dict: dict[str, Any], image_size: tuple[int, int],
+                           device: str) -> dict[str, Any]:
     torch.manual_seed(0)
-    inputs = assignment_inputs(batch_size, device)
-    cfg = Config()
+    cfg = config_lib.from_dict(cfg_dict)
+    inputs = assignment_inputs(batch_size, device, cfg=cfg, image_size=image_size)
     cfg.model.implementation = "torchvision"
     detector = build_model(cfg, num_classes=80).detector.to(device)
     rpn, heads = detector.rpn, detector.roi_heads
@@ -206,30 +274,44 @@ def torchvision_assignment(batch_size: int, repeats: int, device: str) -> dict[s
     return {"time_s": _median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
 
 
-def _preset_training(cfg: Config, steps: int, device: str) -> tuple[list, torch.nn.Module, torch.optim.Optimizer, list]:
-    """``steps`` batches of the preset's training set on ``device``, a fresh model in training
-    mode with its AdamW optimiser, and its gradient probes (attached as training attaches them:
-    with train.gradient_stats, to our detector)."""
-    dataset = build_dataset(cfg.data, cfg.data.train_split, train=True)
+def _preset_training(cfg: Config, steps: int, device: str,
+                     image_size: tuple[int, int] | None = None) -> tuple[list, torch.nn.Module, torch.optim.Optimizer, list]:
+    """``steps`` batches on ``device``: the preset's training images, or with ``image_size``
+    random (H, W) images with random boxes (real photo sizes without the data); a fresh model
+    in training mode with its AdamW optimiser, and its gradient probes (attached as training
+    attaches them: with train.gradient_stats, to our detector)."""
     size = cfg.data.batch_size
-    batches = []
-    for j in range(steps):
-        images, targets = collate([dataset[(j * size + i) % len(dataset)] for i in range(size)])
-        batches.append(([im.to(device) for im in images],
-                        [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]))
+    if image_size is None:
+        dataset = build_dataset(cfg.data, cfg.data.train_split, train=True)
+        num_classes = len(dataset.class_names)
+        samples = [collate([dataset[(j * size + i) % len(dataset)] for i in range(size)]) for j in range(steps)]
+        batches = [(images, [(t["boxes"], t["labels"]) for t in targets]) for images, targets in samples]
+    else:
+        generator = torch.Generator().manual_seed(cfg.train.seed)
+        num_classes = 3
+        batches = [([torch.randint(0, 256, (3, *image_size), dtype=torch.uint8, generator=generator) for _ in range(size)],
+                    _random_targets(size, *image_size, generator, num_classes)) for _ in range(steps)]
+    batches = [([im.to(device) for im in images], [{"boxes": b.to(device), "labels": c.to(device)} for b, c in targets])
+               for images, targets in batches]
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, num_classes=len(dataset.class_names)).to(device).train()
+    model = build_model(cfg, num_classes=num_classes).to(device).train()
     probes = attach_gradient_probes(model) if cfg.train.gradient_stats and isinstance(model, FasterRCNN) else []
-    return batches, model, torch.optim.AdamW(model.parameters(), lr=cfg.train.lr), probes
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return batches, model, torch.optim.AdamW(parameters, lr=cfg.train.lr), probes
 
 
-def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
-    """Median time of a full training step (forward, backward, AdamW) on the preset's batches."""
+def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, image_size: tuple[int, int] | None,
+               roi_align: str | None, device: str) -> dict[str, Any]:
+    """Median time of a full training step (forward, backward, AdamW) on the preset's batches,
+    or on random (H, W) images (``image_size``). ``roi_align``: force our RoIAlign to
+    "separable" or to "torchvision"'s kernel (None: the automatic choice)."""
     cfg = config_lib.from_dict(cfg_dict)
     cfg.model.implementation = implementation
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    batches, model, optimizer, _ = _preset_training(cfg, steps, device)
+    if roi_align is not None:  # this process only: run_isolated gives every case its own
+        roi_heads_module.SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = float("inf") if roi_align == "separable" else 0
+    batches, model, optimizer, _ = _preset_training(cfg, steps, device, image_size)
     autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
     iterator = iter(batches * 2)
 
@@ -244,7 +326,7 @@ def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, device
     step_s = _median_time(call, device, repeats=steps - 2, warmup=2)
     size = cfg.data.batch_size
     return {"step_s": step_s, "images_per_s": size / step_s, "batch_size": size,
-            "image_size": list(batches[0][0][0].shape[-2:])}
+            "image_size": list(batches[0][0][0].shape[-2:]), "precision": cfg.train.precision}
 
 
 def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:

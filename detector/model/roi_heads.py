@@ -109,8 +109,11 @@ class RoIHeads(nn.Module):
         num_sampled = (labels >= 0).sum().clamp(min=1)
         classification = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-1,
                                          reduction="sum") / num_sampled
-        # (N, S, K+1, 4) -> (N, S, 4): the deltas predicted for the RoI's own class
+        # (N, S, K+1, 4) -> (N, S, 4): the deltas predicted for the RoI's own class, in fp32 from
+        # here on, so that under mixed precision the loss and the gradient the probe reads are
+        # not rounded to bf16 (2^-9 relative: enough to move a gradient off the loss's bound)
         class_deltas = torch.gather(deltas, 2, labels.clamp(min=0)[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
+        class_deltas = class_deltas.float()
         foreground = labels >= 1
         if self.regression_probe is not None:
             self.regression_probe.attach(class_deltas, foreground, self.regression_weight / num_sampled)

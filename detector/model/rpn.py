@@ -143,7 +143,8 @@ class RegionProposalNetwork(nn.Module):
         num_sampled = sampled.sum().clamp(min=1)
         objectness_loss = (F.binary_cross_entropy_with_logits(
             objectness, sample.positive.to(objectness.dtype), reduction="none") * sampled).sum() / num_sampled
-        positive_deltas = torch.gather(deltas, 1, sample.positive_index[..., None].expand(-1, -1, 4))  # (N, S, 4)
+        # (N, S, 4) in fp32: see RoIHeads.losses
+        positive_deltas = torch.gather(deltas, 1, sample.positive_index[..., None].expand(-1, -1, 4)).float()
         if self.regression_probe is not None:
             self.regression_probe.attach(positive_deltas, sample.positive_valid, self.regression_weight / num_sampled)
         regression = box_regression_loss(self.regression_loss, positive_deltas, matched, positive_anchors,
