@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -144,6 +145,34 @@ def select_categories(requested: Sequence[str], available: Sequence[str], source
         )
     return set(requested)
 
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """One part of a seeded division of a split's images into training and held-out validation
+    images (for datasets that come without a validation split).
+
+    The division depends only on the image names, ``fraction`` and ``seed``: names sorted, a
+    permutation drawn from ``numpy.random.default_rng(seed)``, and its first round(fraction * n)
+    positions (at least 1, at most n - 1) held out. The two parts never overlap and together
+    hold every image; listing the files in another order gives the same division.
+    """
+
+    fraction: float
+    seed: int
+    part: str  # "train" or "val"
+
+    def select(self, names: Sequence[str], source: str) -> list[int]:
+        """Indices (ascending) of the ``names`` that belong to this part."""
+        if not 0 < self.fraction < 1 or self.part not in ("train", "val"):
+            raise ValueError(f"Holdout needs a fraction in (0, 1) and part train or val; got {self!r}")
+        count = len(names)
+        if count < 2:
+            raise DataError(f"{source}: cannot hold out a fraction of {count} image(s) for validation")
+        held_count = min(max(math.floor(self.fraction * count + 0.5), 1), count - 1)
+        order = sorted(range(count), key=lambda index: names[index])
+        held = {order[i] for i in np.random.default_rng(self.seed).permutation(count)[:held_count]}
+        return [index for index in range(count) if (index in held) == (self.part == "val")]
 
 
 def _clean_boxes(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
