@@ -48,7 +48,7 @@ def voc_root(tmp_path) -> Path:
 
 
 def test_boxes_and_labels_are_parsed_exactly(voc_root):
-    ds = VocDetection(voc_root, "train")
+    ds = VocDetection(voc_root, "train", classes=VOC_CLASSES)
     assert ds.class_names == list(VOC_CLASSES) and len(VOC_CLASSES) == 20
     assert ds.label_to_category_id == {i: i for i in range(1, 21)}
     assert ds.image_ids == [1, 2, 3]  # line numbers in train.txt
@@ -71,7 +71,7 @@ def test_boxes_and_labels_are_parsed_exactly(voc_root):
 
 
 def test_difficult_objects_are_ignored_ground_truth(voc_root):
-    ds = VocDetection(voc_root, "train")
+    ds = VocDetection(voc_root, "train", classes=VOC_CLASSES)
     anns = ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=1))
     assert [(a["bbox"], a["iscrowd"]) for a in anns] == [
         ([3.0, 4.0, 27.0, 21.0], 0), ([20.0, 10.0, 28.0, 29.0], 1), ([0.0, 0.0, 60.0, 12.0], 0),
@@ -83,7 +83,7 @@ def test_difficult_objects_are_ignored_ground_truth(voc_root):
 
 
 def test_category_subset_skips_other_objects(voc_root):
-    ds = VocDetection(voc_root, "train", categories=["person", "dog"], max_images=2)
+    ds = VocDetection(voc_root, "train", classes=VOC_CLASSES, categories=["person", "dog"], max_images=2)
     assert ds.class_names == ["dog", "person"]  # standard VOC order
     assert ds.label_to_category_id == {1: 12, 2: 15}
     assert ds.image_ids == [1, 2]
@@ -93,16 +93,35 @@ def test_category_subset_skips_other_objects(voc_root):
     assert sorted(a["category_id"] for a in ds.coco.dataset["annotations"]) == [12, 15, 15]
 
 
-def test_unknown_class_names_the_file_and_class(voc_root):
+def test_classes_default_to_the_names_found_sorted(voc_root):
+    # chair, dog and person are PASCAL names, but not all 20 of them: the dataset's own list.
+    ds = VocDetection(voc_root, "train")
+    assert ds.class_names == ["chair", "dog", "person"]
+    assert ds.label_to_category_id == {1: 1, 2: 2, 3: 3}
+    assert ds[0][1]["labels"].tolist() == [2, 1]  # dog, chair (the person is difficult)
+    assert [c["name"] for c in ds.coco.dataset["categories"]] == ["chair", "dog", "person"]
+
+
+def test_class_list_rule():
+    from detector.data.voc import class_list
+
+    assert class_list(["WBC", "RBC", "Platelets", "RBC"]) == ["Platelets", "RBC", "WBC"]
+    assert class_list(["b", "B", "a"]) == ["B", "a", "b"]  # code point order: upper case first
+    assert class_list(["person", "car"]) == ["car", "person"]  # PASCAL names, but not PASCAL VOC
+    assert class_list(list(reversed(VOC_CLASSES))) == list(VOC_CLASSES)  # PASCAL VOC: the standard order
+
+
+def test_object_outside_the_class_list_names_the_file_and_class(voc_root):
     xml = voc_root / "Annotations" / "000007.xml"
     xml.write_text(_annotation("000007", 32, 24, [_object("unicorn", (1, 1, 5, 5))]))
-    with pytest.raises(DataError, match="unknown class 'unicorn'; VOC classes: aeroplane, bicycle") as info:
-        VocDetection(voc_root, "train")
-    assert str(xml) in str(info.value)
+    with pytest.raises(DataError) as info:
+        VocDetection(voc_root, "train", classes=VOC_CLASSES)
+    assert str(info.value) == f"{xml}: class 'unicorn' is not in the class list ({', '.join(VOC_CLASSES)})"
+    assert VocDetection(voc_root, "train").class_names == ["chair", "dog", "person", "unicorn"]
 
 
 def test_unknown_requested_category_lists_valid_names(voc_root):
-    with pytest.raises(DataError, match="'people'.*valid names: aeroplane, bicycle"):
+    with pytest.raises(DataError, match="'people'.*valid names: chair, dog, person"):
         VocDetection(voc_root, "train", categories=["people"])
 
 
@@ -127,14 +146,19 @@ def test_missing_files_are_named(voc_root, tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match=r"Main/test\.txt"):
         VocDetection(voc_root, "test")
     (voc_root / "JPEGImages" / "000007.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"000007\.jpg"):
+    split_file = voc_root / "ImageSets" / "Main" / "train.txt"
+    with pytest.raises(FileNotFoundError) as info:
         VocDetection(voc_root, "train")
+    assert str(info.value) == (
+        f"image file not found for {voc_root / 'Annotations' / '000007.xml'}: no 000007 or <filename> '000007.jpg' "
+        f"with suffix .jpg, .jpeg, .png, .webp, .gif (any case) in {voc_root / 'JPEGImages'} (listed in {split_file}; "
+        f"set data.skip_bad_images=true to leave out missing images)")
     with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = VocDetection(voc_root, "train", skip_bad_images=True)
     assert ds.image_ids == [1, 3] and sorted(ds.coco.getImgIds()) == [1, 3]
     assert [r.getMessage() for r in caplog.records if "leaving out" in r.getMessage()] == [
-        f"{voc_root / 'ImageSets' / 'Main' / 'train.txt'}: leaving out 1 of 3 images whose files are missing or "
-        f"cannot be decoded (first: image file not found: {voc_root / 'JPEGImages' / '000007.jpg'})"
+        f"{split_file}: leaving out 1 of 3 images whose files are missing or "
+        f"cannot be decoded (first: image file not found: {voc_root / 'JPEGImages' / '000007.*'})"
     ]
     (voc_root / "Annotations" / "000009.xml").unlink()
     with pytest.raises(FileNotFoundError, match=r"000009\.xml"):  # never skipped: the image is there
@@ -158,7 +182,7 @@ def test_detections_of_difficult_objects_are_neither_rewarded_nor_penalised(voc_
 
     from pycocotools.cocoeval import COCOeval
 
-    ds = VocDetection(voc_root, "train")
+    ds = VocDetection(voc_root, "train", classes=VOC_CLASSES)
     results = []
     for index in range(len(ds)):
         _, target = ds[index]

@@ -252,8 +252,8 @@ def _image_of(folder: ImageFolder, found: VocSplit, image_id: int, annotation: A
         path = folder.named(annotation.filename, str(xml_path))
     if path is not None:
         return path
-    if missing_ok:
-        return folder.folder / name
+    if missing_ok:  # a name that no file has: read as "any suffix" in the skipped-images warning
+        return folder.folder / f"{name}.*"
     named = f" or <filename> {annotation.filename!r:.100}" if annotation.filename else ""
     raise FileNotFoundError(
         f"image file not found for {xml_path}: no {name}{named} with suffix {', '.join(IMAGE_SUFFIXES)} (any case) in "
