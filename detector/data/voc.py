@@ -138,8 +138,8 @@ def read_classes(splits: Sequence[VocSplit]) -> list[str]:
 class VocDetection(DetectionDataset):
     """A split of a VOC-format dataset (layouts: the module docstring).
 
-    ``classes``: the class names in label order (labels 1..K); None: :func:`class_list` of the
-    names in this split's XML files. An object of a class not in ``classes`` is an error naming
+    ``classes``: the class names in label order (labels 1..K); None: :func:`read_classes` of the
+    split (all its XML files, also when ``holdout`` or ``max_images`` read fewer). An object of a class not in ``classes`` is an error naming
     the file. ``categories``: a subset of the classes (empty = all), in class-list order;
     objects of other classes are skipped. ``holdout``: read only that part of the split (with
     a plain folder: of the whole folder when no split of that name exists). ``max_images``:
@@ -170,9 +170,7 @@ class VocDetection(DetectionDataset):
         if found.listed_folder and (holdout is None or holdout.part == "train"):
             _log_images_without_xml(folder, found)
         parsed = {image_id: parse_annotation(found.xml_files[image_id - 1]) for image_id in ids}
-        if classes is None:
-            classes = class_list([name for annotation in parsed.values() for name, _, _ in annotation.objects])
-        classes = list(classes)
+        classes = list(read_classes([found]) if classes is None else classes)
         wanted = select_categories(categories, classes, str(found.source))
         labels = [name for name in classes if name in wanted]
         label_of = {name: label for label, name in enumerate(labels, start=1)}
