@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,7 +38,7 @@ from detector.data.dataset import (
     select_categories,
 )
 from detector.data.errors import DataError
-from detector.data.images import ImageFolder, find_bad_images
+from detector.data.images import ImageFolder, base_name, find_bad_images
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class CocoDetection(DetectionDataset):
     file in ascending id. Each must be a category of the file, and a category with annotations
     must be one of them. ``categories``: a subset of the classes (empty = all), in class-list
     order. The ground truth keeps the file's category ids. ``holdout``: only that part of the
-    file's images (divided by file name). ``max_images``: then the first N image ids in
+    file's images (divided by file stem). ``max_images``: then the first N image ids in
     ascending order. Images without (selected) annotations stay in as negatives. A missing
     image file is a FileNotFoundError; with ``skip_bad_images`` every image is decoded once
     instead, and those missing or undecodable are left out with a warning.
@@ -284,7 +285,10 @@ def _select(data: dict, classes: Sequence[str] | None, categories: Sequence[str]
 
     images = sorted(data["images"], key=lambda image: image["id"])
     if holdout is not None:
-        images = [images[i] for i in holdout.select([image["file_name"] for image in images], str(ann_file))]
+        # Divided by file stem, as a VOC folder is by XML stem: the same images in either format
+        # are divided the same way.
+        stems = [os.path.splitext(base_name(image["file_name"]))[0] for image in images]
+        images = [images[i] for i in holdout.select(stems, str(ann_file))]
     images = images[:max_images]
     image_ids = {image["id"] for image in images}
 

@@ -125,10 +125,15 @@ class ImageFolder:
             return self.folder / file_name
         if not os.path.isabs(file_name) and (self.folder / file_name).is_file():
             return self.folder / file_name
-        base = re.split(r"[\\/]", file_name)[-1]  # a Windows path too
+        base = base_name(file_name)
         if base in self.names:
             return self.folder / base
         return self.with_stem(os.path.splitext(base)[0], source)
+
+
+def base_name(file_name: str) -> str:
+    """The last component of a file name written on any system ("C:\\a\\b.jpg" -> "b.jpg")."""
+    return re.split(r"[\\/]", file_name)[-1]
 
 
 def _png_problem(data: bytes) -> str | None:

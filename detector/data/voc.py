@@ -139,13 +139,13 @@ class VocDetection(DetectionDataset):
     """A split of a VOC-format dataset (layouts: the module docstring).
 
     ``classes``: the class names in label order (labels 1..K); None: :func:`read_classes` of the
-    split (all its XML files, also when ``holdout`` or ``max_images`` read fewer). An object of a class not in ``classes`` is an error naming
-    the file. ``categories``: a subset of the classes (empty = all), in class-list order;
-    objects of other classes are skipped. ``holdout``: read only that part of the split (with
-    a plain folder: of the whole folder when no split of that name exists). ``max_images``:
-    then the first N images. An image file that is missing is a FileNotFoundError; with
-    ``skip_bad_images`` every image is decoded once instead, and those missing or undecodable
-    are left out with a warning.
+    split (all its XML files, also when ``holdout`` or ``max_images`` read fewer). An object of
+    a class not in ``classes`` is an error naming the file. ``categories``: a subset of the
+    classes (empty = all), in class-list order; objects of other classes are skipped.
+    ``holdout``: read only that part of the split (with a plain folder: of the whole folder when
+    no split of that name exists). ``max_images``: then the first N images. An image file that
+    is missing is a FileNotFoundError; with ``skip_bad_images`` every image is decoded once
+    instead, and those missing or undecodable are left out with a warning.
     """
 
     def __init__(

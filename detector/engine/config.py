@@ -411,12 +411,16 @@ DATA_OPTIONS_OF = {
 
 
 def _check_data_sources(d: DataConfig) -> None:
+    if not 0 <= d.val_fraction < 1:
+        raise ConfigError(f"option 'data.val_fraction' is {d.val_fraction!r}; it must be a fraction in [0, 1)")
     defaults = DataConfig()
     for key, names in DATA_OPTIONS_OF.items():
         if getattr(d, key) != getattr(defaults, key) and d.name not in names:
             raise ConfigError(f"option 'data.{key}' applies to {' and '.join(names)} data, not to data.name={d.name}")
-    if not 0 <= d.val_fraction < 1:
-        raise ConfigError(f"option 'data.val_fraction' is {d.val_fraction!r}; it must be a fraction in [0, 1)")
+    for key in ("val_annotations", "val_images"):
+        if getattr(d, key) is not None and d.val_fraction > 0:
+            raise ConfigError(f"option 'data.{key}' is set, but with data.val_fraction the validation images are "
+                              f"held out of the training split's files; leave one of them out")
     names = [name.strip() for name in d.classes]
     if "" in names or len(set(names)) != len(names) or names != d.classes:
         raise ConfigError(f"option 'data.classes' is {d.classes!r}; it must list distinct names without "
