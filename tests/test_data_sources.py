@@ -189,6 +189,15 @@ def test_training_records_the_classes_and_the_held_out_images(tmp_path):
     held = (run_dir / "val_images.txt").read_text().splitlines()
     val = build_dataset(config_lib.load(run_dir / "config.yaml").data, "val", train=False)
     assert held == [Path(r.path).name for r in val.records] and len(held) == 2
+    # A checkpoint is evaluated only on data with its own classes and category ids.
+    from detector.engine.evaluate import evaluate_checkpoint
+
+    other = config_lib.load(run_dir / "config.yaml", overrides=["data.classes=[WBC,RBC,Platelets]"])
+    with pytest.raises(ConfigError) as info:
+        evaluate_checkpoint(run_dir / "checkpoints" / "last.ckpt", other, "val", tmp_path / "eval")
+    assert str(info.value) == (f"{run_dir / 'checkpoints' / 'last.ckpt'} was trained on classes {CLASSES} (category "
+                               f"ids [1, 2, 3]), but voc split 'val' has ['WBC', 'RBC', 'Platelets'] (category ids "
+                               f"[1, 2, 3])")
 
 
 def test_a_comparison_resolves_the_classes_once_for_every_cell(tmp_path, monkeypatch):
