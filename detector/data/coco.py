@@ -29,14 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from detector.data.dataset import (
-    MAX_IMAGE_SIDE,
-    DetectionDataset,
-    Holdout,
-    ImageRecord,
-    Transform,
-    select_categories,
-)
+from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, Holdout, ImageRecord, Transform, select_categories
 from detector.data.errors import DataError
 from detector.data.images import ImageFolder, base_name, find_bad_images
 

@@ -37,14 +37,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from detector.data.dataset import (
-    MAX_IMAGE_SIDE,
-    DetectionDataset,
-    Holdout,
-    ImageRecord,
-    Transform,
-    select_categories,
-)
+from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, Holdout, ImageRecord, Transform, select_categories
 from detector.data.errors import DataError
 from detector.data.images import IMAGE_SUFFIXES, ImageFolder, find_bad_images, read_image_size
 
