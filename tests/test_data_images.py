@@ -141,3 +141,38 @@ def test_coco_file_names_with_export_prefixes(tmp_path):
 def test_a_missing_image_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"image folder not found: {tmp_path / 'nowhere'}"):
         ImageFolder(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("annotated, decoded", [
+    ((20, 30), "displayed"),  # CVAT, Label Studio, Roboflow: the photo as shown, turned by its EXIF tag
+    ((30, 20), "stored"),  # LabelImg ignores the tag: its <size> is the stored pixels'
+])
+def test_the_annotations_size_decides_whether_the_exif_turn_applies(tmp_path, monkeypatch, annotated, decoded):
+    import json
+
+    from detector.data import CocoDetection
+    from detector.data import dataset as dataset_module
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "annotations").mkdir()
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    path = tmp_path / "train" / "phone.jpg"
+    Image.fromarray(_noise(20, 30, 3)).save(path, exif=exif, quality=100)  # stored 30 wide, 20 high
+    width, height = annotated
+    (tmp_path / "annotations" / "instances_train.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "phone.jpg", "width": width, "height": height}],
+        "annotations": [], "categories": [{"id": 1, "name": "cat"}]}))
+    ds = CocoDetection(tmp_path, "train")
+    with Image.open(path) as image:
+        expected = ImageOps.exif_transpose(image) if decoded == "displayed" else image.convert("RGB")
+        expected = torch.from_numpy(np.asarray(expected.convert("RGB")).copy()).permute(2, 0, 1)
+    decoded_with = []
+    monkeypatch.setattr(dataset_module, "load_image",
+                        lambda path, exif_orientation=True: decoded_with.append(exif_orientation) or load_image(
+                            path, exif_orientation))
+    for _ in range(2):
+        image, target = ds[0]
+        assert tuple(image.shape) == (3, height, width) and torch.equal(image, expected)
+    # Stored pixels: found on the first read, and read directly from then on.
+    assert decoded_with == ([True, True] if decoded == "displayed" else [True, False, False])

@@ -76,6 +76,7 @@ class DetectionDataset(Dataset):
         self.label_to_category_id = dict(label_to_category_id)
         self.image_ids = [record.image_id for record in self.records]
         self.transform = transform
+        self._stored_pixels: set[int] = set()  # indices of images annotated without their EXIF orientation
         self.coco = COCO()
         self.coco.dataset = coco_dataset
         with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
@@ -96,7 +97,13 @@ class DetectionDataset(Dataset):
         index, draw = key if isinstance(key, tuple) else (key, None)
         record = self.records[index]
         try:
-            image = load_image(record.path)
+            image = load_image(record.path, exif_orientation=index not in self._stored_pixels)
+            if tuple(image.shape[-2:]) == (record.width, record.height) != (record.height, record.width):
+                # A photo that its EXIF orientation turns by a quarter, annotated on its stored
+                # pixels (LabelImg ignores the tag; its <size> is the stored one): read those.
+                # Remembered, so that the image is decoded once per epoch (per worker process).
+                self._stored_pixels.add(index)
+                image = load_image(record.path, exif_orientation=False)
         except DataError as exc:
             raise DataError(f"{exc} (set data.skip_bad_images=true to leave out such images)") from None
         if tuple(image.shape[-2:]) != (record.height, record.width):

@@ -7,9 +7,11 @@ anything else.
 Decoding (torchvision.io, the same for every reader): JPEG, PNG, WebP and GIF; greyscale, palette,
 grey + alpha, RGBA and CMYK become RGB (alpha is dropped, not composited: PIL's convert("RGB")
 gives the same values); 16-bit PNGs become 8 bits by v >> 8. The EXIF orientation is applied, so
-the pixels are the photo as viewers, browsers and the annotation tools that show it (CVAT, Label
-Studio, Roboflow's auto-orient) display it, and as detectron2, MMDetection (OpenCV) and
-Ultralytics read it. torchvision's ``read_image`` ignores it by default.
+the pixels are the photo as viewers, browsers and the annotation tools that show it so (CVAT,
+Label Studio, Roboflow's auto-orient) display it, and as detectron2, MMDetection (OpenCV) and
+Ultralytics read it; torchvision's ``read_image`` ignores it by default. LabelImg ignores it
+too: the dataset reads the stored pixels when the annotation's size is theirs
+(``DetectionDataset.__getitem__``).
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CPP_LOCATION = re.compile(r"^[^,\n]*, \S+\.(?:cpp|h):\d+, ")
 
 
-def load_image(path: str) -> Tensor:
-    """Decode to uint8 (3, H, W) RGB. A missing file is a FileNotFoundError, any other problem
-    a DataError, both naming the file."""
+def load_image(path: str, exif_orientation: bool = True) -> Tensor:
+    """Decode to uint8 (3, H, W) RGB, turned by the EXIF orientation unless ``exif_orientation``
+    is False (the pixels as stored). A missing file is a FileNotFoundError, any other problem a
+    DataError, both naming the file."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -53,7 +56,7 @@ def load_image(path: str) -> Tensor:
     if problem is None:
         try:
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                                 apply_exif_orientation=True)
+                                 apply_exif_orientation=exif_orientation)
             # 16-bit PNGs decode to uint16; the model's normalisation expects 0-255.
             return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
         except RuntimeError as exc:

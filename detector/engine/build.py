@@ -7,6 +7,7 @@ maps configuration options onto them (as detectron2's ``from_config`` does).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from detector.model import (
     TorchvisionFasterRCNN,
     build_loss,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def regression_losses(cfg: Config) -> tuple[tuple[RegressionLoss, float], tuple[RegressionLoss, float]]:
@@ -196,10 +199,14 @@ def resolve_classes(cfg: DataConfig) -> list[str]:
     roles = ("train",) if cfg.val_fraction > 0 else ("train", "val")
     splits = {role: cfg.train_split if role == "train" else cfg.val_split for role in roles}
     if cfg.name == "voc":
-        return voc_classes([voc_split(cfg.root, splits[role], image_folder=cfg.image_folder,
-                                      annotation_folder=cfg.annotation_folder, whole_folder=cfg.val_fraction > 0)
-                            for role in roles])
-    return coco_classes([coco_split_files(cfg.root, splits[role], **_coco_files(cfg, role))[0] for role in roles])
+        classes = voc_classes([voc_split(cfg.root, splits[role], image_folder=cfg.image_folder,
+                                         annotation_folder=cfg.annotation_folder, whole_folder=cfg.val_fraction > 0)
+                               for role in roles])
+    else:
+        classes = coco_classes([coco_split_files(cfg.root, splits[role], **_coco_files(cfg, role))[0] for role in roles])
+    logger.info("%d classes found in the annotations of split %s: %s", len(classes),
+                " and ".join(map(repr, dict.fromkeys(splits.values()))), ", ".join(classes))
+    return classes
 
 
 def check_same_categories(train: DetectionDataset, val: DetectionDataset) -> None:
