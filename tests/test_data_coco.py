@@ -384,3 +384,23 @@ def test_splits_with_other_category_ids_are_an_error(fixture_root):
     assert str(info.value).startswith(f"{fixture_root / 'annotations' / 'instances_val.json'}: its classes or category "
                                       f"ids differ from those of {ann_file}")
     assert "'cat': (1, 2)" in str(info.value)
+
+
+def test_missing_files_named_by_options_are_named(fixture_root):
+    with pytest.raises(FileNotFoundError) as info:
+        CocoDetection(fixture_root, "train", annotation_file="export/labels.json")
+    assert str(info.value) == (f"COCO annotation file not found: {fixture_root / 'export' / 'labels.json'} "
+                               f"(splits found: train)")
+    with pytest.raises(FileNotFoundError) as info:
+        CocoDetection(fixture_root, "train", image_folder="photos")
+    assert str(info.value) == f"COCO image folder not found: {fixture_root / 'photos'}"
+
+
+def test_holding_out_part_of_one_image_is_an_error(tmp_path):
+    from detector.data import Holdout
+
+    root = _write_coco(tmp_path / "c", [(1, "x.png", 16, 16)], [])
+    with pytest.raises(DataError) as info:
+        CocoDetection(root, "train", holdout=Holdout(0.2, 0, "val"))
+    assert str(info.value) == (f"{root / 'annotations' / 'instances_train.json'}: cannot hold out a fraction of "
+                               f"1 image(s) for validation")
