@@ -10,7 +10,7 @@ anchors (the matcher's low-quality matches, as in torchvision and Detectron), bu
 and worse-placed positives.
 
 Shape letters as in the ``detector`` package docstring (N images, G boxes per image, E sparse
-entries).
+entries, M boxes of a whole split in one flat list).
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ class SplitSummary:
     left_out_per_class: Counter = field(default_factory=Counter)
     left_out: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # reason -> image file per box
     clipped: int = 0  # boxes partly outside the image, clipped to it
-    # Left out for having no area inside the image, yet in the ground truth, where COCOeval counts
-    # each as a miss (it is an annotation mistake; other tools score it the same way).
+    # Left out of training for having no area inside the image, yet in the ground truth as
+    # annotated, where COCOeval counts each as a miss.
     unmatchable: int = 0
     # ((height, width) after resizing, (G, 4) training boxes in its pixels) per image
     resized: list[tuple[tuple[int, int], np.ndarray]] = field(default_factory=list)
-    box_sizes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (B, 2) width, height after resizing
-    best_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (B,) best anchor IoU per box
+    box_sizes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (M, 2) width, height after resizing
+    best_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (M,) best anchor IoU per box
 
 
 def inspect_from_args(args: argparse.Namespace) -> str:
@@ -159,7 +159,7 @@ def best_anchor_iou(images: list[tuple[tuple[int, int], np.ndarray]], sizes: lis
 
 
 def nearest_anchor(box_sizes: np.ndarray, sizes: list[int]) -> np.ndarray:
-    """(B,) index of the anchor size nearest to each box's sqrt(w * h), on a log scale."""
+    """(M,) index of the anchor size nearest to each box's sqrt(w * h), on a log scale."""
     side = np.sqrt(np.clip(box_sizes.prod(axis=1), 1e-12, None))
     return np.abs(np.log(side[:, None] / np.asarray(sizes, dtype=np.float64)[None])).argmin(axis=1)
 
