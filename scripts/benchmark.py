@@ -53,6 +53,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="instead of the sections: where the time of a training step and of one evaluation of "
                              "the preset goes, and the trunk's own forward+backward")
+    parser.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"),
+                        help="--profile on random images of this size instead of the preset's data")
     parser.add_argument("--runs-dir", default="runs/benchmark", help="run directories of the parity mode")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds of the parity mode")
     args = parser.parse_args()

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from detector.data import CocoDetection, DataError, VocDetection, collate
 from detector.data import images as images_module
 from detector.data.errors import error_message
+from detector.data.voc import VOC_CLASSES
 from detector.engine import cli
 from detector.engine import config as config_lib
 from detector.engine.config import ConfigError
@@ -113,7 +114,9 @@ def test_empty_dataset_folder_names_the_missing_file(tmp_path):
     assert str(coco.value) == f"COCO annotation file not found: {tmp_path / 'annotations' / 'instances_train.json'}"
     with pytest.raises(FileNotFoundError) as voc:
         VocDetection(tmp_path, "train")
-    assert str(voc.value) == f"VOC split file not found: {tmp_path / 'ImageSets' / 'Main' / 'train.txt'}"
+    assert str(voc.value) == (f"VOC split 'train' not found in {tmp_path}: no ImageSets/Main/train.txt (VOCdevkit "
+                              f"layout), no folder train/ and no list file train.txt (plain folder); to hold out part "
+                              f"of a folder's images for validation, set data.val_fraction")
 
 
 def test_unknown_split_lists_the_splits_found(coco_root):
@@ -237,14 +240,15 @@ BILLION_LAUGHS = ('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY l0 "ha">'
     ("<annotation><object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax></bndbox></object>"
      "</annotation>", "an object is missing <bndbox/ymax>"),
     (f"<annotation>{voc_object('Dog', (3, 4, 20, 25))}</annotation>",
-     "unknown class 'Dog'; VOC classes: aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, "
-     "diningtable, dog, horse, motorbike, person, pottedplant, sheep, sofa, train, tvmonitor"),
+     "class 'Dog' is not in the class list (aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, "
+     "diningtable, dog, horse, motorbike, person, pottedplant, sheep, sofa, train, tvmonitor)"),
+    (f"<annotation>{voc_object('', (3, 4, 20, 25))}</annotation>", "an object has no <name>"),
 ])
 def test_bad_xml_names_the_file_and_problem(voc_root, xml, message):
     path = voc_root / "Annotations" / "000002.xml"
     path.write_bytes(xml if isinstance(xml, bytes) else xml.encode())
     with pytest.raises(DataError) as info:
-        VocDetection(voc_root, "train")
+        VocDetection(voc_root, "train", classes=VOC_CLASSES)
     assert str(info.value) == f"{path}: {message}"
 
 
@@ -378,7 +382,7 @@ def test_voc_inverted_box_is_dropped_and_counted(tmp_path, caplog):
     ]
     _, target = ds[0]
     assert target["boxes"].tolist() == [[35.5, 0.0, 40.0, 12.0]]
-    assert target["labels"].tolist() == [8]  # cat
+    assert target["labels"].tolist() == [1]  # cat, first of the names found (cat, dog)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from detector.data import CocoDetection, DataError
-from detector.engine.build import build_dataset
+from detector.engine.build import build_dataset, check_same_categories, resolve_classes
 from detector.engine.config import DataConfig
 
 TINY_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_coco"
@@ -235,3 +235,172 @@ def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
     expected = torch.from_numpy((values >> 8).astype(np.uint8))
     assert all(torch.equal(image[c], expected) for c in range(3))
     assert image[0, 4, 0] == (4 * 64 * 30) >> 8 == 30
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def _export(folder: Path, images: list[tuple[int, str, int, int]], annotations: list[dict],
+            categories: list[dict], ann_file: Path) -> Path:
+    """A COCO-format export: images (id, file_name, width, height) written under ``folder`` by
+    file_name, the instances file at ``ann_file``."""
+    for _, name, width, height in images:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (width, height), (90, 90, 90)).save(path)
+    ann_file.parent.mkdir(parents=True, exist_ok=True)
+    ann_file.write_text(json.dumps({
+        "images": [{"id": i, "file_name": n, "width": w, "height": h} for i, n, w, h in images],
+        "annotations": [{"id": k, "iscrowd": 0, **ann} for k, ann in enumerate(annotations, start=1)],
+        "categories": categories,
+    }))
+    return ann_file
+
+
+ROBOFLOW_CATEGORIES = [{"id": 0, "name": "cells", "supercategory": "none"},
+                       {"id": 1, "name": "Platelets", "supercategory": "cells"},
+                       {"id": 2, "name": "RBC", "supercategory": "cells"},
+                       {"id": 3, "name": "WBC", "supercategory": "cells"}]
+
+
+def test_roboflow_export_leaves_out_its_placeholder_category(tmp_path, caplog):
+    root = tmp_path / "bccd.v3i.coco"
+    _export(root / "train", [(0, "a_jpg.rf.9f1.jpg", 40, 30), (1, "b_jpg.rf.77c.jpg", 40, 30)],
+            [{"image_id": 0, "category_id": 2, "bbox": [1, 2, 10, 10]},
+             {"image_id": 1, "category_id": 3, "bbox": [5, 5, 20, 20]}], ROBOFLOW_CATEGORIES,
+            root / "train" / "_annotations.coco.json")
+    _export(root / "valid", [(0, "c_jpg.rf.0aa.jpg", 40, 30)],  # the validation images show platelets only
+            [{"image_id": 0, "category_id": 1, "bbox": [3, 3, 4, 4]}], ROBOFLOW_CATEGORIES,
+            root / "valid" / "_annotations.coco.json")
+    cfg = DataConfig(name="coco", root=str(root), train_split="train", val_split="valid")
+    with caplog.at_level(logging.INFO, logger="detector.data"):
+        classes = resolve_classes(cfg)
+    # Platelets only occur in the validation split, yet are a class; "cells" has no annotations.
+    assert classes == ["Platelets", "RBC", "WBC"]
+    files = f"{root / 'train' / '_annotations.coco.json'} and {root / 'valid' / '_annotations.coco.json'}"
+    assert f"{files}: categories without annotations are not classes: 'cells' (id 0)" in caplog.messages
+    cfg.classes = classes
+    train, val = build_dataset(cfg, "train", train=True), build_dataset(cfg, "valid", train=False)
+    check_same_categories(train, val)
+    assert train.class_names == val.class_names == classes
+    assert train.label_to_category_id == {1: 1, 2: 2, 3: 3}  # the export's own ids
+    assert [c["name"] for c in val.coco.dataset["categories"]] == classes
+    assert train.image_ids == [0, 1] and train.records[1].labels.tolist() == [3]
+
+
+def test_category_ids_may_start_at_zero_and_skip_numbers(tmp_path):
+    from detector.engine.evaluation import detections_to_coco_results, evaluate_coco
+
+    root = tmp_path / "export"
+    categories = [{"id": 0, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "bird"}]
+    boxes = {1: [(0, [2, 2, 10, 12]), (9, [20, 4, 12, 8])], 2: [(5, [4, 4, 16, 16])]}
+    _export(root / "images", [(1, "a.png", 40, 30), (2, "b.png", 40, 30)],
+            [{"image_id": i, "category_id": c, "bbox": b} for i, anns in boxes.items() for c, b in anns],
+            categories, root / "labels.json")
+    cfg = DataConfig(name="coco", root=str(root), train_split="all", val_split="all",
+                     train_annotations="labels.json", train_images="images",
+                     val_annotations=str(root / "labels.json"), val_images=str(root / "images"))  # absolute works too
+    ds = build_dataset(cfg, "all", train=False)
+    assert ds.class_names == ["cat", "dog", "bird"] and ds.label_to_category_id == {1: 0, 2: 5, 3: 9}
+    # The ground truth itself as detections: every class found exactly, category 0 included.
+    detections = [{"image_id": target["image_id"], "boxes": target["boxes"], "labels": target["labels"],
+                   "scores": torch.ones(len(target["labels"]))} for _, target in (ds[0], ds[1])]
+    metrics = evaluate_coco(ds.coco, detections_to_coco_results(detections, ds.label_to_category_id),
+                            ds.class_names, ds.label_to_category_id)
+    assert metrics["ap_per_class"] == pytest.approx({"cat": 1.0, "dog": 1.0, "bird": 1.0})
+    # Missing the category-0 object costs exactly its class: AP (0 + 1 + 1) / 3.
+    without_cat = [{**d, "scores": torch.where(d["labels"] == 1, 0.0, 1.0)} for d in detections]
+    results = [r for r in detections_to_coco_results(without_cat, ds.label_to_category_id) if r["score"] > 0]
+    metrics = evaluate_coco(ds.coco, results, ds.class_names, ds.label_to_category_id)
+    assert metrics["ap_per_class"]["cat"] == 0.0 and metrics["ap_per_class"]["dog"] == pytest.approx(1.0)
+    assert metrics["stats"]["AP"] == pytest.approx(2 / 3)
+
+
+def test_label_studio_export_with_a_held_out_fraction(tmp_path):
+    # Label Studio: one result.json for the project, file names with its upload folders.
+    root = tmp_path / "project-3-at-2026"
+    images = [(i, f"images/{i:02d}-photo.jpg", 32, 24) for i in range(10)]
+    _export(root, images, [{"image_id": i, "category_id": i % 2, "bbox": [2, 2, 8, 8]} for i in range(10)],
+            [{"id": 0, "name": "crack"}, {"id": 1, "name": "dent"}], root / "result.json")
+    cfg = DataConfig(name="coco", root=str(root), train_annotations="result.json", train_images="images",
+                     val_fraction=0.3, split_seed=7)
+    cfg.classes = resolve_classes(cfg)
+    train, val = build_dataset(cfg, cfg.train_split, train=True), build_dataset(cfg, cfg.val_split, train=False)
+    assert cfg.classes == train.class_names == val.class_names == ["crack", "dent"]
+    assert len(val) == 3 and len(train) == 7 and not set(train.image_ids) & set(val.image_ids)
+    assert sorted(train.image_ids + val.image_ids) == list(range(10))
+    assert Path(val.records[0].path).parent == root / "images"  # the "images/" prefix found in the folder
+    again = build_dataset(cfg, cfg.val_split, train=False)
+    assert again.image_ids == val.image_ids  # the division is a function of names and seed
+    cfg.split_seed = 8
+    assert build_dataset(cfg, cfg.val_split, train=False).image_ids != val.image_ids
+
+
+def test_cvat_export_with_task_subfolders(tmp_path):
+    root = tmp_path / "task_12-coco"
+    _export(root / "images", [(1, "left/frame_000.PNG", 32, 24), (2, "right/frame_000.PNG", 32, 24)],
+            [{"image_id": 2, "category_id": 4, "bbox": [1, 1, 5, 5]}], [{"id": 4, "name": "car"}],
+            root / "annotations" / "instances_default.json")
+    ds = CocoDetection(root, "default", image_folder="images")
+    assert [Path(r.path).relative_to(root) for r in ds.records] == [
+        Path("images/left/frame_000.PNG"), Path("images/right/frame_000.PNG")]
+
+
+def test_class_list_errors_name_the_file(fixture_root):
+    ann_file = fixture_root / "annotations" / "instances_train.json"
+    with pytest.raises(DataError) as info:
+        CocoDetection(fixture_root, "train", classes=["cat", "dog", "bird", "horse"])
+    assert str(info.value) == f"{ann_file}: no category named 'horse' (from the class list); its categories: cat, dog, bird"
+    with pytest.raises(DataError) as info:
+        CocoDetection(fixture_root, "train", classes=["cat", "bird"])
+    assert str(info.value) == (f"{ann_file}: category 'dog' (id 3) has 1 annotations but is not in the class list "
+                               f"(cat, bird)")
+    ds = CocoDetection(fixture_root, "train", classes=["bird", "dog", "cat"])  # labels follow the list
+    assert ds.class_names == ["bird", "dog", "cat"] and ds.label_to_category_id == {1: 7, 2: 3, 3: 1}
+    assert ds[0][1]["labels"].tolist() == [2]  # image 2's dog
+
+
+def test_repeated_category_names_are_an_error(fixture_root):
+    ann_file = fixture_root / "annotations" / "instances_train.json"
+    data = json.loads(ann_file.read_text())
+    data["categories"].append({"id": 8, "name": "dog"})
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(DataError) as info:
+        CocoDetection(fixture_root, "train")
+    assert str(info.value) == f"{ann_file}: more than one category is named 'dog'; names must be unique"
+
+
+def test_splits_with_other_category_ids_are_an_error(fixture_root):
+    ann_file = fixture_root / "annotations" / "instances_train.json"
+    data = json.loads(ann_file.read_text())
+    data["categories"] = [{"id": 2, "name": "cat"}, {"id": 3, "name": "dog"}, {"id": 7, "name": "bird"}]
+    data["annotations"] = [{**ann, "category_id": 2 if ann["category_id"] == 1 else ann["category_id"]}
+                           for ann in data["annotations"]]
+    (fixture_root / "annotations" / "instances_val.json").write_text(json.dumps(data))
+    (fixture_root / "val").symlink_to(fixture_root / "train")
+    train, val = CocoDetection(fixture_root, "train"), CocoDetection(fixture_root, "val")
+    with pytest.raises(DataError) as info:
+        check_same_categories(train, val)
+    assert str(info.value).startswith(f"{fixture_root / 'annotations' / 'instances_val.json'}: its classes or category "
+                                      f"ids differ from those of {ann_file}")
+    assert "'cat': (1, 2)" in str(info.value)
+
+
+def test_missing_files_named_by_options_are_named(fixture_root):
+    with pytest.raises(FileNotFoundError) as info:
+        CocoDetection(fixture_root, "train", annotation_file="export/labels.json")
+    assert str(info.value) == (f"COCO annotation file not found: {fixture_root / 'export' / 'labels.json'} "
+                               f"(splits found: train)")
+    with pytest.raises(FileNotFoundError) as info:
+        CocoDetection(fixture_root, "train", image_folder="photos")
+    assert str(info.value) == f"COCO image folder not found: {fixture_root / 'photos'}"
+
+
+def test_holding_out_part_of_one_image_is_an_error(tmp_path):
+    from detector.data import Holdout
+
+    root = _write_coco(tmp_path / "c", [(1, "x.png", 16, 16)], [])
+    with pytest.raises(DataError) as info:
+        CocoDetection(root, "train", holdout=Holdout(0.2, 0, "val"))
+    assert str(info.value) == (f"{root / 'annotations' / 'instances_train.json'}: cannot hold out a fraction of "
+                               f"1 image(s) for validation")

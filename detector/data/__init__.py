@@ -5,7 +5,9 @@ the configuration: ``detector/engine/build.py``). See data/README.md for the lay
 Unusable dataset files raise :class:`DataError` (missing ones FileNotFoundError), naming the file."""
 
 from detector.data.coco import CocoDetection
-from detector.data.dataset import DetectionDataset, ImageRecord, collate
+from detector.data.coco import read_classes as coco_classes
+from detector.data.coco import split_files as coco_split_files
+from detector.data.dataset import DetectionDataset, Holdout, ImageRecord, collate
 from detector.data.errors import DataError, error_message
 from detector.data.images import load_image
 from detector.data.noise import corrupt_boxes
@@ -13,6 +15,8 @@ from detector.data.sampler import EpochSampler
 from detector.data.shapes import ensure_shapes
 from detector.data.transforms import DetectionTransform
 from detector.data.voc import VocDetection
+from detector.data.voc import find_split as voc_split
+from detector.data.voc import read_classes as voc_classes
 
 __all__ = [
     "CocoDetection",
@@ -20,11 +24,16 @@ __all__ = [
     "DetectionDataset",
     "DetectionTransform",
     "EpochSampler",
+    "Holdout",
     "ImageRecord",
     "VocDetection",
+    "coco_classes",
+    "coco_split_files",
     "collate",
     "corrupt_boxes",
     "ensure_shapes",
     "error_message",
     "load_image",
+    "voc_classes",
+    "voc_split",
 ]

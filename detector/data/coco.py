@@ -1,9 +1,15 @@
 """COCO-format detection datasets (the bundled shapes dataset, real COCO, any COCO export).
 
-Layout on disk::
+Where a split's files are (:func:`split_files`)::
 
-    root/annotations/instances_{split}.json
+    root/annotations/instances_{split}.json     COCO's layout
     root/{split}/<file_name of each image>
+
+    root/{split}/_annotations.coco.json         Roboflow's COCO export, images beside it
+
+or any instances file and image folder given by name (CVAT, Label Studio). An image's
+``file_name`` is found in the image folder as it is, else by its last path component (exports
+prefix folders such as ``images/``), else by its stem (:class:`~detector.data.images.ImageFolder`).
 
 Training targets and the ground truth are built by :class:`~detector.data.dataset.DetectionDataset`.
 
@@ -14,27 +20,79 @@ inconsistent instances file or an undecodable image, FileNotFoundError for a mis
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, ImageRecord, Transform, select_categories
+from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, Holdout, ImageRecord, Transform, select_categories
 from detector.data.errors import DataError
-from detector.data.images import find_bad_images
+from detector.data.images import ImageFolder, base_name, find_bad_images
+
+logger = logging.getLogger(__name__)
+
+ROBOFLOW_FILE = "_annotations.coco.json"
+
+
+def split_files(root: str | Path, split: str, annotation_file: str | None = None,
+                image_folder: str | None = None) -> tuple[Path, Path]:
+    """The instances file and image folder of ``split``: ``annotation_file`` and ``image_folder``
+    when given (relative to ``root`` unless absolute), else COCO's layout, else Roboflow's."""
+    root = Path(root)
+    if annotation_file:
+        ann_file = root / annotation_file
+    else:
+        if not root.is_dir():
+            raise FileNotFoundError(f"COCO dataset folder not found: {root}")
+        ann_file = root / "annotations" / f"instances_{split}.json"
+        if not ann_file.is_file() and (root / split / ROBOFLOW_FILE).is_file():
+            ann_file = root / split / ROBOFLOW_FILE
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}{_available_splits(root)}")
+    image_dir = root / (image_folder or split)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"COCO image folder not found: {image_dir}")
+    return ann_file, image_dir
+
+
+def read_classes(ann_files: Sequence[Path]) -> list[str]:
+    """The class list of a dataset whose splits are ``ann_files``: category names in ascending id
+    (categories that only a later file lists come after), without the categories that no
+    annotation of any file uses. Exports list such placeholders: Roboflow a category named after
+    the dataset (id 0) as the supercategory of the real ones. They are named in the log."""
+    first_seen: dict[str, tuple[int, int]] = {}  # name -> (file, category id)
+    used: set[str] = set()
+    for index, path in enumerate(dict.fromkeys(ann_files)):
+        data = _load_json(path)
+        name_of = {cat["id"]: cat["name"] for cat in data["categories"]}
+        for cat_id, name in name_of.items():
+            first_seen.setdefault(name, (index, cat_id))
+        used.update(name_of[ann["category_id"]] for ann in data["annotations"])
+    files = " and ".join(map(str, dict.fromkeys(ann_files)))
+    unused = [f"{name!r} (id {first_seen[name][1]})" for name in sorted(first_seen, key=first_seen.get)
+              if name not in used]
+    if unused:
+        logger.info("%s: categories without annotations are not classes: %s", files, ", ".join(unused))
+    if not used:
+        raise DataError(f"{files}: no annotations, so no classes to train")
+    return [name for name in sorted(first_seen, key=first_seen.get) if name in used]
 
 
 class CocoDetection(DetectionDataset):
-    """A split of a COCO-format dataset: ``root/annotations/instances_{split}.json`` and
-    images in ``root/{split}/``.
+    """A split of a COCO-format dataset (where its files are: :func:`split_files`).
 
-    ``categories``: subset of category names (empty = all). Contiguous labels 1..K follow
-    ascending category id. ``max_images``: keep the first N image ids in ascending order.
-    Images without (selected) annotations stay in as negatives. A missing image file is a
-    FileNotFoundError; with ``skip_bad_images`` every image is decoded once instead, and those
-    missing or undecodable are left out with a warning.
+    ``classes``: the category names in label order (labels 1..K); None: every category of the
+    file in ascending id. Each must be a category of the file, and a category with annotations
+    must be one of them. ``categories``: a subset of the classes (empty = all), in class-list
+    order. The ground truth keeps the file's category ids. ``holdout``: only that part of the
+    file's images (divided by file stem). ``max_images``: then the first N image ids in
+    ascending order. Images without (selected) annotations stay in as negatives. A missing
+    image file is a FileNotFoundError; with ``skip_bad_images`` every image is decoded once
+    instead, and those missing or undecodable are left out with a warning.
     """
 
     def __init__(
@@ -42,30 +100,35 @@ class CocoDetection(DetectionDataset):
         root: str | Path,
         split: str,
         *,
+        annotation_file: str | None = None,
+        image_folder: str | None = None,
+        classes: Sequence[str] | None = None,
         categories: Sequence[str] = (),
+        holdout: Holdout | None = None,
         max_images: int | None = None,
         transform: Transform | None = None,
         skip_bad_images: bool = False,
     ):
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"COCO dataset folder not found: {root}")
-        ann_file = root / "annotations" / f"instances_{split}.json"
-        if not ann_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {ann_file}{_available_splits(root)}")
-        image_dir = root / split
-        if not image_dir.is_dir():
-            raise FileNotFoundError(f"COCO image folder not found: {image_dir}")
+        ann_file, image_dir = split_files(root, split, annotation_file, image_folder)
         data = _load_json(ann_file)
-        cats, images, annotations = _select(data, categories, max_images, ann_file)
+        cats, images, annotations = _select(data, classes, categories, holdout, max_images, ann_file)
 
+        folder = ImageFolder(image_dir)
+        paths = {image["id"]: folder.named(image["file_name"], str(ann_file)) for image in images}
         if skip_bad_images:
-            bad = find_bad_images([image_dir / image["file_name"] for image in images], str(ann_file))
-            images = [image for image in images if str(image_dir / image["file_name"]) not in bad]
+            # A file that cannot be found is a bad image like one that cannot be decoded.
+            paths = {image["id"]: paths[image["id"]] or image_dir / image["file_name"] for image in images}
+            bad = find_bad_images(list(paths.values()), str(ann_file))
+            images = [image for image in images if str(paths[image["id"]]) not in bad]
             kept_ids = {image["id"] for image in images}
             annotations = [ann for ann in annotations if ann["image_id"] in kept_ids]
         else:
-            _require_files(images, image_dir, ann_file)
+            missing = [image for image in images if paths[image["id"]] is None]
+            if missing:
+                raise FileNotFoundError(
+                    f"image file not found: {image_dir / missing[0]['file_name']} ({len(missing)} of {len(images)} "
+                    f"images listed in {ann_file} are missing; set data.skip_bad_images=true to leave them out)"
+                )
 
         label_of = {cat["id"]: label for label, cat in enumerate(cats, start=1)}
         per_image: dict[int, list[dict]] = {image["id"]: [] for image in images}
@@ -78,7 +141,7 @@ class CocoDetection(DetectionDataset):
             # float64 until clipped, so x + w rounds once, to the float32 nearest the true corner.
             xywh = np.array([ann["bbox"] for ann in anns], dtype=np.float64).reshape(-1, 4)
             records.append(ImageRecord(
-                path=str(image_dir / image["file_name"]),
+                path=str(paths[image["id"]]),
                 image_id=image["id"],
                 height=int(image["height"]),
                 width=int(image["width"]),
@@ -110,9 +173,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _available_splits(root: Path) -> str:
-    """A hint for a mistyped split: the splits that ``root/annotations`` holds."""
-    splits = sorted(path.name[len("instances_"):-len(".json")]
-                    for path in (root / "annotations").glob("instances_*.json"))
+    """A hint for a mistyped split: the splits that ``root`` holds in either layout."""
+    splits = sorted([path.name[len("instances_"):-len(".json")]
+                     for path in (root / "annotations").glob("instances_*.json")]
+                    + [path.parent.name for path in root.glob(f"*/{ROBOFLOW_FILE}")])
     return f" (splits found: {', '.join(splits)})" if splits else ""
 
 
@@ -166,6 +230,9 @@ def _check_fields(data: dict, path: Path) -> None:
     for cat in data["categories"]:
         if not isinstance(cat["name"], str):
             raise wrong(f"category {cat['id']}", "name", cat["name"], "a string")
+    repeated = [name for name, count in Counter(cat["name"] for cat in data["categories"]).items() if count > 1]
+    if repeated:  # classes are chosen and reported by name
+        raise DataError(f"{path}: more than one category is named {repeated[0]!r:.100}; names must be unique")
     for image in data["images"]:
         name = image["file_name"]
         if not isinstance(name, str) or not name or "\0" in name:
@@ -189,18 +256,33 @@ def _check_fields(data: dict, path: Path) -> None:
             raise wrong(entry, "area", ann["area"], "a finite number")
 
 
-def _select(data: dict, categories: Sequence[str], max_images: int | None,
-            ann_file: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    """Apply the category and image subsets; returns (categories, images, annotations),
-    categories and images sorted by id."""
-    all_cats = sorted(data["categories"], key=lambda cat: cat["id"])
-    wanted = select_categories(categories, [cat["name"] for cat in all_cats], str(ann_file))
-    cats = [cat for cat in all_cats if cat["name"] in wanted]
+def _select(data: dict, classes: Sequence[str] | None, categories: Sequence[str], holdout: Holdout | None,
+            max_images: int | None, ann_file: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """Apply the class list and the category and image subsets; returns (categories in label
+    order, images sorted by id, annotations)."""
+    by_id = sorted(data["categories"], key=lambda cat: cat["id"])
+    by_name = {cat["name"]: cat for cat in by_id}
+    classes = [cat["name"] for cat in by_id] if classes is None else list(classes)
+    absent = [name for name in classes if name not in by_name]
+    if absent:
+        raise DataError(f"{ann_file}: no category named {absent[0]!r:.100} (from the class list); its categories: "
+                        f"{', '.join(by_name)}")
+    counts = Counter(ann["category_id"] for ann in data["annotations"])
+    for cat in by_id:
+        if cat["name"] not in classes and counts[cat["id"]]:
+            raise DataError(f"{ann_file}: category {cat['name']!r:.100} (id {cat['id']}) has {counts[cat['id']]} "
+                            f"annotations but is not in the class list ({', '.join(classes)})")
+    wanted = select_categories(categories, classes, str(ann_file))
+    cats = [by_name[name] for name in classes if name in wanted]
     cat_ids = {cat["id"] for cat in cats}
 
     images = sorted(data["images"], key=lambda image: image["id"])
-    if max_images is not None:
-        images = images[:max_images]
+    if holdout is not None:
+        # Divided by file stem, as a VOC folder is by XML stem: the same images in either format
+        # are divided the same way.
+        stems = [os.path.splitext(base_name(image["file_name"]))[0] for image in images]
+        images = [images[i] for i in holdout.select(stems, str(ann_file))]
+    images = images[:max_images]
     image_ids = {image["id"] for image in images}
 
     # COCOeval reads area and iscrowd; some COCO-format exporters omit them.
@@ -210,15 +292,3 @@ def _select(data: dict, categories: Sequence[str], max_images: int | None,
         if ann["image_id"] in image_ids and ann["category_id"] in cat_ids
     ]
     return cats, images, annotations
-
-
-def _require_files(images: list[dict], image_dir: Path, ann_file: Path) -> None:
-    """Every image file must exist (one directory listing, not a stat per file)."""
-    listed = set(os.listdir(image_dir))
-    missing = [image for image in images
-               if not (image["file_name"] in listed or (image_dir / image["file_name"]).is_file())]
-    if missing:
-        raise FileNotFoundError(
-            f"image file not found: {image_dir / missing[0]['file_name']} ({len(missing)} of {len(images)} "
-            f"images listed in {ann_file} are missing; set data.skip_bad_images=true to leave them out)"
-        )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -75,6 +76,7 @@ class DetectionDataset(Dataset):
         self.label_to_category_id = dict(label_to_category_id)
         self.image_ids = [record.image_id for record in self.records]
         self.transform = transform
+        self._stored_pixels: set[int] = set()  # indices of images annotated without their EXIF orientation
         self.coco = COCO()
         self.coco.dataset = coco_dataset
         with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
@@ -95,7 +97,13 @@ class DetectionDataset(Dataset):
         index, draw = key if isinstance(key, tuple) else (key, None)
         record = self.records[index]
         try:
-            image = load_image(record.path)
+            image = load_image(record.path, exif_orientation=index not in self._stored_pixels)
+            if tuple(image.shape[-2:]) == (record.width, record.height) != (record.height, record.width):
+                # A photo that its EXIF orientation turns by a quarter, annotated on its stored
+                # pixels (LabelImg ignores the tag; its <size> is the stored one): read those.
+                # Remembered, so that the image is decoded once per epoch (per worker process).
+                self._stored_pixels.add(index)
+                image = load_image(record.path, exif_orientation=False)
         except DataError as exc:
             raise DataError(f"{exc} (set data.skip_bad_images=true to leave out such images)") from None
         if tuple(image.shape[-2:]) != (record.height, record.width):
@@ -144,6 +152,34 @@ def select_categories(requested: Sequence[str], available: Sequence[str], source
         )
     return set(requested)
 
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """One part of a seeded division of a split's images into training and held-out validation
+    images (for datasets that come without a validation split).
+
+    The division depends only on the image names, ``fraction`` and ``seed``: names sorted, a
+    permutation drawn from ``numpy.random.default_rng(seed)``, and its first round(fraction * n)
+    positions (at least 1, at most n - 1) held out. The two parts never overlap and together
+    hold every image; listing the files in another order gives the same division.
+    """
+
+    fraction: float
+    seed: int
+    part: str  # "train" or "val"
+
+    def select(self, names: Sequence[str], source: str) -> list[int]:
+        """Indices (ascending) of the ``names`` that belong to this part."""
+        if not 0 < self.fraction < 1 or self.part not in ("train", "val"):
+            raise ValueError(f"Holdout needs a fraction in (0, 1) and part train or val; got {self!r}")
+        count = len(names)
+        if count < 2:
+            raise DataError(f"{source}: cannot hold out a fraction of {count} image(s) for validation")
+        held_count = min(max(math.floor(self.fraction * count + 0.5), 1), count - 1)
+        order = sorted(range(count), key=lambda index: names[index])
+        held = {order[i] for i in np.random.default_rng(self.seed).permutation(count)[:held_count]}
+        return [index for index in range(count) if (index in held) == (self.part == "val")]
 
 
 def _clean_boxes(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:

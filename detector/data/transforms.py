@@ -23,17 +23,23 @@ def resize_scale(height: int, width: int, min_size: int | None, max_size: int | 
     return scale
 
 
-def resize(image: Tensor, boxes: Tensor, min_size: int | None, max_size: int | None) -> tuple[Tensor, Tensor, float]:
-    """Resize ``image`` (antialiased) and its boxes; returns (image, boxes, scale).
+def resized_size(height: int, width: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
+    """(height, width) after :func:`resize`: ``floor(side * scale)`` as in torchvision (the
+    epsilon keeps e.g. 97 * (800 / 97) from flooring to 799)."""
+    scale = resize_scale(height, width, min_size, max_size)
+    return math.floor(height * scale + 1e-6), math.floor(width * scale + 1e-6)
 
-    The output size is ``floor(side * scale)`` as in torchvision (the epsilon keeps e.g.
-    97 * (800 / 97) from flooring to 799). Boxes are scaled by the exact per-axis ratio
-    new_size / old_size, which differs from ``scale`` by less than one pixel over the image,
-    so they stay aligned with the resized pixels.
+
+def resize(image: Tensor, boxes: Tensor, min_size: int | None, max_size: int | None) -> tuple[Tensor, Tensor, float]:
+    """Resize ``image`` (antialiased) and its boxes to :func:`resized_size`; returns (image,
+    boxes, scale).
+
+    Boxes are scaled by the exact per-axis ratio new_size / old_size, which differs from
+    ``scale`` by less than one pixel over the image, so they stay aligned with the resized pixels.
     """
     height, width = image.shape[-2:]
     scale = resize_scale(height, width, min_size, max_size)
-    new_height, new_width = math.floor(height * scale + 1e-6), math.floor(width * scale + 1e-6)
+    new_height, new_width = resized_size(height, width, min_size, max_size)
     if (new_height, new_width) == (height, width):
         return image, boxes, scale
     image = F.resize(image, [new_height, new_width], antialias=True)

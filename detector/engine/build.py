@@ -7,6 +7,7 @@ maps configuration options onto them (as detectron2's ``from_config`` does).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,17 @@ from torch import Tensor, nn
 
 from detector.data import (
     CocoDetection,
+    DataError,
     DetectionDataset,
     DetectionTransform,
+    Holdout,
     VocDetection,
+    coco_classes,
+    coco_split_files,
     corrupt_boxes,
     ensure_shapes,
+    voc_classes,
+    voc_split,
 )
 from detector.engine.config import Config, ConfigError, DataConfig, ModelConfig
 from detector.model import (
@@ -41,6 +48,8 @@ from detector.model import (
     load_trunk_state,
     named_weights,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def regression_losses(cfg: Config) -> tuple[tuple[RegressionLoss, float], tuple[RegressionLoss, float]]:
@@ -181,31 +190,83 @@ def attach_gradient_probes(model: FasterRCNN) -> list[GradientProbe]:
 
 
 def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
-    """The dataset of ``split`` (cfg.train_split or cfg.val_split).
+    """The dataset of ``split`` (cfg.train_split or cfg.val_split, or another split by name).
 
     ``train`` enables the random horizontal flip (when cfg.hflip); resizing applies to both.
     The image subset is cfg.max_train_images for the training split and cfg.max_val_images
-    for the validation split (``train`` decides when both splits have the same name).
+    for the validation split (``train`` decides when both splits have the same name). With
+    cfg.val_fraction both are parts of the training split. The classes are cfg.classes, or
+    when empty :func:`resolve_classes`'s.
     """
     transform = DetectionTransform(min_size=cfg.min_size, max_size=cfg.max_size, hflip=train and cfg.hflip)
-    if split == cfg.train_split and (train or split != cfg.val_split):
-        max_images = cfg.max_train_images
-    elif split == cfg.val_split:
-        max_images = cfg.max_val_images
-    else:
-        max_images = None
-    options = dict(categories=cfg.categories, max_images=max_images, transform=transform,
-                   skip_bad_images=cfg.skip_bad_images)
+    role = split_role(cfg, split, train)
+    holdout = Holdout(cfg.val_fraction, cfg.split_seed, role) if role and cfg.val_fraction > 0 else None
+    options = dict(categories=cfg.categories, holdout=holdout, transform=transform, skip_bad_images=cfg.skip_bad_images,
+                   max_images={"train": cfg.max_train_images, "val": cfg.max_val_images}.get(role))
     ensure_generated(cfg)
-    if cfg.name in ("shapes", "coco"):
+    if cfg.name == "shapes":
         dataset = CocoDetection(cfg.root, split, **options)
+    elif cfg.name == "coco":
+        dataset = CocoDetection(cfg.root, cfg.train_split if holdout else split, **_coco_files(cfg, role),
+                                classes=resolve_classes(cfg), **options)
     elif cfg.name == "voc":
-        dataset = VocDetection(cfg.root, split, **options)
+        dataset = VocDetection(cfg.root, cfg.train_split if holdout else split, image_folder=cfg.image_folder,
+                               annotation_folder=cfg.annotation_folder, classes=resolve_classes(cfg), **options)
     else:
         raise ValueError(f"unknown dataset '{cfg.name}'; valid names: shapes, coco, voc")
     if train and cfg.train_box_noise > 0:
         dataset.records, _ = corrupt_boxes(dataset.records, cfg.train_box_noise, cfg.train_box_noise_seed)
     return dataset
+
+
+def split_role(cfg: DataConfig, split: str, train: bool) -> str | None:
+    """"train" or "val" when ``split`` is the configured training or validation split, else None."""
+    if split == cfg.train_split and (train or split != cfg.val_split):
+        return "train"
+    return "val" if split == cfg.val_split else None
+
+
+def _coco_files(cfg: DataConfig, role: str | None) -> dict[str, str | None]:
+    """The reader's annotation_file and image_folder for the split of ``role`` (the held-out
+    part of a division reads the training split's files)."""
+    if role == "train" or (role == "val" and cfg.val_fraction > 0):
+        return {"annotation_file": cfg.train_annotations, "image_folder": cfg.train_images}
+    if role == "val":
+        return {"annotation_file": cfg.val_annotations, "image_folder": cfg.val_images}
+    return {}
+
+
+def resolve_classes(cfg: DataConfig) -> list[str]:
+    """The class list of a coco or voc configuration: cfg.classes, or when empty the one found in
+    the annotations of the training and validation splits, all their images read (voc: the
+    names in the XML files, sorted, or the 20 PASCAL classes in their standard order when
+    exactly those; coco: the categories that have annotations, in ascending id). [] for shapes,
+    whose classes are its generator's. Training writes the list into the configuration first,
+    so that it is recorded and the same for every run of a comparison."""
+    if cfg.classes or cfg.name == "shapes":
+        return list(cfg.classes)
+    roles = ("train",) if cfg.val_fraction > 0 else ("train", "val")
+    splits = {role: cfg.train_split if role == "train" else cfg.val_split for role in roles}
+    if cfg.name == "voc":
+        classes = voc_classes([voc_split(cfg.root, splits[role], image_folder=cfg.image_folder,
+                                         annotation_folder=cfg.annotation_folder, whole_folder=cfg.val_fraction > 0)
+                               for role in roles])
+    else:
+        classes = coco_classes([coco_split_files(cfg.root, splits[role], **_coco_files(cfg, role))[0] for role in roles])
+    logger.info("%d classes found in the annotations of split %s: %s", len(classes),
+                " and ".join(map(repr, dict.fromkeys(splits.values()))), ", ".join(classes))
+    return classes
+
+
+def check_same_categories(train: DetectionDataset, val: DetectionDataset) -> None:
+    """The model's labels map to the training split's category ids, and validation detections
+    are scored against the validation split's: both must agree."""
+    if train.class_names != val.class_names or train.label_to_category_id != val.label_to_category_id:
+        ids = {name: (train.label_to_category_id.get(label), val.label_to_category_id.get(label))
+               for label, name in enumerate(train.class_names, start=1)}
+        raise DataError(f"{val.source}: its classes or category ids differ from those of {train.source} "
+                        f"(training: {train.class_names}, validation: {val.class_names}; ids {ids}); the splits "
+                        f"must share their categories")
 
 
 def ensure_generated(cfg: DataConfig) -> None:

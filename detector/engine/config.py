@@ -33,8 +33,30 @@ class DataConfig:
     root: str = "data/shapes"
     train_split: str = "train"  # coco: train2017; voc: trainval
     val_split: str = "val"  # coco: val2017; voc: test or val
-    # Category subset by name (coco / voc); empty = all categories.
+    # coco / voc: class names in label order (labels 1..K). Empty: found before training in the
+    # training and validation splits (data/README.md says how) and written here, so config.yaml
+    # records them and every loss and seed of a comparison trains the same list.
+    classes: list[str] = field(default_factory=list)
+    # Category subset by name (coco / voc), kept in class-list order; empty = all classes.
     categories: list[str] = field(default_factory=list)
+    # coco / voc without a validation split: hold out this fraction of the training split's
+    # images (chosen by file name and split_seed, data/README.md); val_split then names that part.
+    val_fraction: float = 0.0
+    # Seed of that division; not train.seed, so that every seed of a comparison is validated on
+    # the same images.
+    split_seed: int = 0
+    # coco: instances file and image folder of each split, relative to root unless absolute.
+    # Empty: root/annotations/instances_{split}.json, else Roboflow's root/{split}/_annotations.coco.json,
+    # and root/{split}/.
+    train_annotations: str | None = None
+    train_images: str | None = None
+    val_annotations: str | None = None
+    val_images: str | None = None
+    # voc: the folders of the images and of the XML files. VOCdevkit layout: instead of JPEGImages
+    # and Annotations; a plain folder: subfolders of each split's folder (empty: the XML beside
+    # the images).
+    image_folder: str | None = None
+    annotation_folder: str | None = None
     max_train_images: int | None = None  # image subset (first N by id / list order)
     max_val_images: int | None = None
     # Resize for real data, as torchvision's GeneralizedRCNNTransform: shorter side to
@@ -330,6 +352,7 @@ def validate(cfg: Config) -> None:
     check(d.shapes_num_val >= 1, "data.shapes_num_val", ">= 1")
     check(d.min_size is None or d.min_size >= 32, "data.min_size", "empty or >= 32")
     check(d.max_size is None or d.max_size >= (d.min_size or 0), "data.max_size", ">= data.min_size")
+    _check_data_sources(d)
     check(len(m.anchor_sizes) >= 1 and all(s > 0 for s in m.anchor_sizes), "model.anchor_sizes",
           "a non-empty list of positive sizes")
     check(len(m.aspect_ratios) >= 1 and all(r > 0 for r in m.aspect_ratios), "model.aspect_ratios",
@@ -387,6 +410,40 @@ def validate(cfg: Config) -> None:
         raise ConfigError("option 'loss.rpn_weight' is set but 'loss.rpn_name' is not; use loss.weight")
     if m.implementation == "torchvision":
         _check_torchvision_implementation(cfg)
+
+
+# Options that only one kind of dataset reads; set for another, they would be ignored silently.
+DATA_OPTIONS_OF = {
+    "classes": ("coco", "voc"),
+    "val_fraction": ("coco", "voc"),
+    "train_annotations": ("coco",),
+    "train_images": ("coco",),
+    "val_annotations": ("coco",),
+    "val_images": ("coco",),
+    "image_folder": ("voc",),
+    "annotation_folder": ("voc",),
+}
+
+
+def _check_data_sources(d: DataConfig) -> None:
+    if not 0 <= d.val_fraction < 1:
+        raise ConfigError(f"option 'data.val_fraction' is {d.val_fraction!r}; it must be a fraction in [0, 1)")
+    defaults = DataConfig()
+    for key, names in DATA_OPTIONS_OF.items():
+        if getattr(d, key) != getattr(defaults, key) and d.name not in names:
+            raise ConfigError(f"option 'data.{key}' applies to {' and '.join(names)} data, not to data.name={d.name}")
+    for key in ("val_annotations", "val_images"):
+        if getattr(d, key) is not None and d.val_fraction > 0:
+            raise ConfigError(f"option 'data.{key}' is set, but with data.val_fraction the validation images are "
+                              f"held out of the training split's files; leave one of them out")
+    names = [name.strip() for name in d.classes]
+    if "" in names or len(set(names)) != len(names) or names != d.classes:
+        raise ConfigError(f"option 'data.classes' is {d.classes!r}; it must list distinct names without "
+                          f"surrounding spaces")
+    unknown = [name for name in d.categories if d.classes and name not in d.classes]
+    if unknown:
+        raise ConfigError(f"option 'data.categories' names {unknown[0]!r}, which is not in data.classes "
+                          f"({', '.join(d.classes)})")
 
 
 def _check_torchvision_implementation(cfg: Config) -> None:

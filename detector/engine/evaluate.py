@@ -53,10 +53,11 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path
     started = time.perf_counter()
     module = DetectorModule.load_from_checkpoint(checkpoint, map_location="cpu")
     dataset = build_dataset(cfg.data, split, train=False)
-    if list(dataset.class_names) != module.class_names:
+    if list(dataset.class_names) != module.class_names or dataset.label_to_category_id != module.label_to_category_id:
         raise ConfigError(
-            f"{checkpoint} was trained on classes {module.class_names}, but {cfg.data.name} split "
-            f"'{split}' has {list(dataset.class_names)}"
+            f"{checkpoint} was trained on classes {module.class_names} (category ids "
+            f"{list(module.label_to_category_id.values())}), but {cfg.data.name} split '{split}' has "
+            f"{list(dataset.class_names)} (category ids {list(dataset.label_to_category_id.values())})"
         )
     module.val_dataset = dataset
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False,

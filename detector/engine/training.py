@@ -8,6 +8,7 @@ A run directory holds everything a report needs:
                          validations inside training (the final one is in metrics.json)
   gradients.csv          |dl/dx| of the regression outputs (box head, RPN) at logging steps
   detections_val.json    the final model's validation detections, COCO results format
+  val_images.txt         with data.val_fraction: the held-out images' file names
   checkpoints/           last.ckpt and best.ckpt (by validation AP)
 """
 
@@ -33,7 +34,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from detector.engine import config as config_lib
-from detector.engine.build import load_trunk_weights, regression_loss_records
+from detector.engine.build import load_trunk_weights, regression_loss_records, resolve_classes
 from detector.engine.callbacks import GradientStatistics, StopOnSignal
 from detector.engine.config import Config, ConfigError
 from detector.engine.datamodule import DetectionDataModule
@@ -163,6 +164,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         torch.set_num_threads(t.threads)
     pl.seed_everything(t.seed, workers=True, verbose=False)
     resolve_precision(cfg)
+    cfg.data.classes = resolve_classes(cfg.data)  # fixed before training, recorded in config.yaml
     run_dir = Path(t.out_dir) / (t.run_name or default_run_name(cfg))
     checkpoint, previous = prepare_resume(run_dir) if resume else (None, {})
     # Before anything is written: weights that cannot be had or do not fit stop here.
@@ -178,6 +180,9 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     record.save(**({"resumed_from": str(checkpoint)} if checkpoint else {}))
 
     data = prepare_data(cfg, record)
+    if cfg.data.val_fraction > 0 and trainer.is_global_zero:
+        atomic_write_text(run_dir / "val_images.txt",
+                          "".join(f"{image['file_name']}\n" for image in data.val_dataset.coco.dataset["images"]))
     data_ready = time.perf_counter()
     module = DetectorModule.from_config(cfg, data.train_dataset, trunk_state)
     module.val_dataset = data.val_dataset

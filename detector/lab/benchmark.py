@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import multiprocessing
 import platform
@@ -37,9 +38,9 @@ from detector.engine import config as config_lib
 from detector.engine.build import attach_gradient_probes
 from detector.engine.config import Config
 from detector.engine.io import atomic_write_json
-from detector.engine.training import train
+from detector.engine.training import resolve_precision, train
 from detector.lab.compare import check_reusable, run_status
-from detector.lab.profile import format_profile, profile_evaluation, profile_training
+from detector.lab.profile import format_profile, profile_evaluation, profile_training, random_batches
 from detector.lab.report import paired_difference
 from detector.model import AnchorGenerator, FasterRCNN
 from detector.model import roi_heads as roi_heads_module
@@ -67,7 +68,8 @@ def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
         result["parity"] = parity(cfg, Path(args.runs_dir), args.seeds)
     if args.profile:
         args.sections = []
-        result["profile"] = profile_preset(cfg_dict, args.steps, device)  # in this process: it starts DataLoader workers
+        # In this process: it starts DataLoader workers, which a pool's daemonic process cannot.
+        result["profile"] = profile_preset(cfg_dict, args.steps, device, args.image_size and tuple(args.image_size))
         print(format_profile(result["profile"]), flush=True)
     if "assignment" in args.sections:
         rows = []
@@ -150,12 +152,18 @@ def real_sizes(cfg_dict: dict[str, Any], args: argparse.Namespace, device: str) 
     return rows
 
 
-def profile_preset(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
-    """Where the time of a training step and of one evaluation of the preset goes."""
+def profile_preset(cfg_dict: dict[str, Any], steps: int, device: str,
+                   image_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Where the time of a training step and of one evaluation of the preset goes; with
+    ``image_size``, a step on random images of that size (and no evaluation)."""
     cfg = config_lib.from_dict(cfg_dict)
+    resolve_precision(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    return {"train": profile_training(cfg, steps, device), "evaluation": profile_evaluation(cfg, device)}
+    result = {"train": profile_training(cfg, steps, device, image_size), "precision": cfg.train.precision}
+    if image_size is None:
+        result["evaluation"] = profile_evaluation(cfg, device)
+    return result
 
 
 def run_isolated(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -205,27 +213,17 @@ def assignment_inputs(batch_size: int, device: str, seed: int = 0, cfg: Config |
                                        offset=cfg.model.anchor_offset)
     height, width = image_size
     anchors = anchor_generator.grid_anchors(-(-height // 8), -(-width // 8), torch.device(device), torch.float32)
-    targets = [{"boxes": boxes.to(device), "labels": labels.to(device)}
-               for boxes, labels in _random_targets(batch_size, height, width, generator)]
-    proposals = [_random_boxes(ASSIGNMENT_PROPOSALS, 8, min(500, width), height, width, generator).to(device)
-                 for _ in range(batch_size)]
-    return {"anchors": anchors, "targets": targets, "proposals": proposals}
 
+    def random_boxes(count: int, low: float, high: float) -> torch.Tensor:
+        size = torch.empty(count, 2).uniform_(low, high, generator=generator)
+        corner = torch.rand(count, 2, generator=generator) * (torch.tensor([width, height]) - size)
+        return torch.cat((corner, corner + size), dim=1).to(device)
 
-def _random_boxes(count: int, low: float, high: float, height: int, width: int,
-                  generator: torch.Generator) -> torch.Tensor:
-    """(count, 4) boxes with sides uniform in [low, high], inside a (height, width) image."""
-    size = torch.empty(count, 2).uniform_(low, high, generator=generator).clamp(max=min(height, width))
-    corner = torch.rand(count, 2, generator=generator) * (torch.tensor([width, height]) - size)
-    return torch.cat((corner, corner + size), dim=1)
-
-
-def _random_targets(batch_size: int, height: int, width: int, generator: torch.Generator,
-                    num_classes: int = 80) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """1..ASSIGNMENT_MAX_GT boxes per image, 16 px to half the shorter side."""
     counts = torch.randint(1, ASSIGNMENT_MAX_GT + 1, (batch_size,), generator=generator).tolist()
-    return [(_random_boxes(c, 16, min(height, width) / 2, height, width, generator),
-             torch.randint(1, num_classes + 1, (c,), generator=generator)) for c in counts]
+    targets = [{"boxes": random_boxes(c, 16, min(height, width) / 2),
+                "labels": torch.randint(1, 81, (c,), generator=generator).to(device)} for c in counts]
+    proposals = [random_boxes(ASSIGNMENT_PROPOSALS, 8, min(500, min(height, width))) for _ in range(batch_size)]
+    return {"anchors": anchors, "targets": targets, "proposals": proposals}
 
 
 def ours_assignment(batch_size: int, repeats: int, cfg_dict: dict[str, Any], image_size: tuple[int, int],
@@ -277,21 +275,19 @@ def torchvision_assignment(batch_size: int, repeats: int, cfg_dict: dict[str, An
 def _preset_training(cfg: Config, steps: int, device: str,
                      image_size: tuple[int, int] | None = None) -> tuple[list, torch.nn.Module, torch.optim.Optimizer, list]:
     """``steps`` batches on ``device``: the preset's training images, or with ``image_size``
-    random (H, W) images with random boxes (real photo sizes without the data); a fresh model
+    random (H, W) images with random boxes (real photo sizes without the photos); a fresh model
     in training mode with its AdamW optimiser, and its gradient probes (attached as training
     attaches them: with train.gradient_stats, to our detector)."""
     size = cfg.data.batch_size
     if image_size is None:
         dataset = build_dataset(cfg.data, cfg.data.train_split, train=True)
         num_classes = len(dataset.class_names)
-        samples = [collate([dataset[(j * size + i) % len(dataset)] for i in range(size)]) for j in range(steps)]
-        batches = [(images, [(t["boxes"], t["labels"]) for t in targets]) for images, targets in samples]
+        batches = [collate([dataset[(j * size + i) % len(dataset)] for i in range(size)]) for j in range(steps)]
     else:
-        generator = torch.Generator().manual_seed(cfg.train.seed)
         num_classes = 3
-        batches = [([torch.randint(0, 256, (3, *image_size), dtype=torch.uint8, generator=generator) for _ in range(size)],
-                    _random_targets(size, *image_size, generator, num_classes)) for _ in range(steps)]
-    batches = [([im.to(device) for im in images], [{"boxes": b.to(device), "labels": c.to(device)} for b, c in targets])
+        batches = list(itertools.islice(random_batches(size, image_size, cfg.train.seed, num_classes), steps))
+    batches = [([im.to(device) for im in images],
+                [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets])
                for images, targets in batches]
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, num_classes=num_classes).to(device).train()
@@ -307,6 +303,7 @@ def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, image_
     "separable" or to "torchvision"'s kernel (None: the automatic choice)."""
     cfg = config_lib.from_dict(cfg_dict)
     cfg.model.implementation = implementation
+    resolve_precision(cfg)  # as training resolves it: both detectors run at the same precision
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if roi_align is not None:  # this process only: run_isolated gives every case its own

@@ -26,7 +26,9 @@ from typing import Any
 import torch
 
 from detector.engine import config as config_lib
+from detector.engine.build import resolve_classes
 from detector.engine.config import Config, ConfigError
+from detector.engine.training import resolve_precision
 from detector.lab.report import write_report
 
 FINISHED = ("completed", "diverged")
@@ -43,7 +45,10 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
         run_dirs = [Path(d) for d in args.runs]
     else:
         cells = plan(args.losses, args.seeds, args.noise)
-        run_dirs = train_matrix(cells, config_lib.from_args(args), Path(args.runs_dir), jobs=args.jobs,
+        base = config_lib.from_args(args)
+        base.data.classes = resolve_classes(base.data)  # one list for every cell
+        resolve_precision(base)  # as each cell's training will, so that finished cells match
+        run_dirs = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs,
                                 train_command=[sys.executable, str(TRAIN_SCRIPT)])
     return write_report(run_dirs, args.out, command, baseline=args.baseline)
 

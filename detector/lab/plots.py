@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from matplotlib import patches  # noqa: E402
+from matplotlib import patches, ticker  # noqa: E402
 
 from detector.engine import atomic_path, read_csv_rows  # noqa: E402
 from detector.model import REGISTRY, build_loss  # noqa: E402
@@ -244,6 +244,26 @@ def plot_examples(images: list[np.ndarray], titles: list[str], boxes: list[list[
                 ax.text(x, y, text, color=colour, fontsize=5, va="bottom")
             if row == 0:
                 ax.set_title(titles[column], fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_box_sizes(sides: dict[str, np.ndarray], anchor_sizes: list[int], path: str | Path) -> Path:
+    """Histogram of the boxes' sqrt(width * height) per split (log-spaced bins), with the anchor
+    sizes marked."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    values = np.concatenate([v for v in sides.values() if len(v)] or [np.ones(1)])
+    low, high = min(values.min(), min(anchor_sizes)) / 1.2, max(values.max(), max(anchor_sizes)) * 1.2
+    bins = np.geomspace(low, high, 50)
+    for (name, side), colour in zip(sides.items(), _colours()):
+        ax.hist(side, bins=bins, histtype="step", lw=1.5, color=colour, label=f"{name} ({len(side)} boxes)")
+    for size in anchor_sizes:
+        ax.axvline(size, color="grey", ls="--", lw=1)
+        ax.text(size, 1.0, f" {size}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+    ax.set(xscale="log", xlabel="sqrt(box width x height) after resizing, px (dashed: anchor sizes)",
+           ylabel="boxes", title="box sizes against the anchor sizes")
+    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())  # 10, 100 rather than 10^1, 10^2
+    _legend(ax)
     fig.tight_layout()
     return save_figure(fig, path)
 

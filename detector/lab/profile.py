@@ -110,17 +110,42 @@ def _switch(clock: StageClock, label: str) -> None:
     clock.start(label)
 
 
-def profile_training(cfg: config_lib.Config, steps: int, device: str) -> dict[str, Any]:
+def random_batches(batch_size: int, image_size: tuple[int, int], seed: int,
+                   num_classes: int = 3) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:
+    """Endless batches of random uint8 (3, H, W) images with 1..20 random boxes each, 16 px to
+    half the shorter side: real photo sizes without the photos."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = image_size
+    while True:
+        images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+                  for _ in range(batch_size)]
+        counts = torch.randint(1, 21, (batch_size,), generator=generator).tolist()
+        targets = []
+        for count in counts:
+            size = torch.empty(count, 2).uniform_(16, min(height, width) / 2, generator=generator)
+            corner = torch.rand(count, 2, generator=generator) * (torch.tensor([width, height]) - size)
+            targets.append({"boxes": torch.cat((corner, corner + size), dim=1),
+                            "labels": torch.randint(1, num_classes + 1, (count,), generator=generator)})
+        yield images, targets
+
+
+def profile_training(cfg: config_lib.Config, steps: int, device: str,
+                     image_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Median exclusive time of each stage of a training step over ``steps`` steps after two
-    warm-up steps, the trunk alone on the same batches, and torch.profiler's top operators."""
-    data = DetectionDataModule(cfg.data, seed=cfg.train.seed)
-    data.setup("fit")
+    warm-up steps, the trunk alone on the same batches, and torch.profiler's top operators.
+    Batches come from the preset's DataLoader, or with ``image_size`` are random (H, W) images
+    (random_batches; no data wait then)."""
+    if image_size is None:
+        data = DetectionDataModule(cfg.data, seed=cfg.train.seed)
+        data.setup("fit")
+        num_classes, loader = len(data.train_dataset.class_names), iter(data.train_dataloader())
+    else:
+        num_classes, loader = 3, random_batches(cfg.data.batch_size, image_size, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, num_classes=len(data.train_dataset.class_names)).to(device).train()
+    model = build_model(cfg, num_classes=num_classes).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
     clock = StageClock(device)
-    loader = iter(data.train_dataloader())
 
     def step() -> torch.Tensor:
         with clock.stage("data wait"):
@@ -203,15 +228,17 @@ def profile_evaluation(cfg: config_lib.Config, device: str) -> dict[str, Any]:
 def format_profile(result: dict[str, Any]) -> str:
     """The profile as a table: each stage's milliseconds and share of the step."""
     train = result["train"]
-    lines = [f"training step: batch {train['batch_size']} of {train['image_size'][0]}x{train['image_size'][1]} px, "
+    lines = [f"training step ({result['precision']}): batch {train['batch_size']} of "
+             f"{train['image_size'][0]}x{train['image_size'][1]} px, "
              f"{train['step_s'] * 1e3:.1f} ms; trunk forward+backward alone {train['trunk_s'] * 1e3:.1f} ms; "
              f"step / trunk = {train['overhead']:.2f}",
              f"{'stage':<28}{'ms':>9}{'share':>8}"]
     for label, seconds in train["stages_s"].items():
         lines.append(f"{label:<28}{seconds * 1e3:>9.1f}{seconds / train['step_s']:>8.1%}")
-    evaluation = result["evaluation"]
-    lines += [f"evaluation: {evaluation['images']} images, {evaluation['detections']} detections",
-              *(f"{label:<28}{seconds * 1e3:>9.1f}" for label, seconds in evaluation["stages_s"].items()),
-              "top operators of one step (torch.profiler, self CPU ms):",
+    evaluation = result.get("evaluation")
+    if evaluation:
+        lines += [f"evaluation: {evaluation['images']} images, {evaluation['detections']} detections",
+                  *(f"{label:<28}{seconds * 1e3:>9.1f}" for label, seconds in evaluation["stages_s"].items())]
+    lines += ["top operators of one step (torch.profiler, self CPU ms):",
               *(f"  {op['name']:<44}{op['self_ms']:>9.1f}{op['calls']:>6}" for op in train["operators"])]
     return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""Know your data before training: images and boxes per class and split, box sizes after the
+configured resize, the boxes training leaves out and why, and the anchor coverage (the share
+of boxes whose best anchor reaches the RPN's foreground IoU), with a box-size histogram.
+Takes the options of train.py.
+
+    python scripts/inspect_data.py --data voc --data-root ../shared/data/bccd/BCCD --train-split train \\
+        --val-split val --set data.min_size=320 data.max_size=427 "model.anchor_sizes=[16,32,64,128,256]"
+    python scripts/inspect_data.py --config configs/voc.yaml --data-root data/VOCdevkit/VOC2007
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from detector.engine.cli import add_config_arguments, run_main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--plot", default="box_sizes.png", help="box-size histogram to write (PNG, PDF or SVG)")
+    args = parser.parse_args()
+    from detector.lab.inspect_data import inspect_from_args  # torch loads once the arguments are known
+
+    print(inspect_from_args(args))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
