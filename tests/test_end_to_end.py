@@ -81,6 +81,8 @@ def test_evaluate_script_reproduces_the_training_metrics(shapes_run, tmp_path):
     (["--set", "train.optimiser=sgd"], "unknown option 'train.optimiser'"),
     (["--data", "kitti"], "valid choices: shapes, coco, voc"),
     (["--data", "coco", "--data-root", "/nonexistent/coco"], "/nonexistent/coco"),
+    (["--data", "coco"], "--data coco needs the dataset's folder: give --data-root DIR"),
+    (["--set", "train.lrr=0.1"], "did you mean 'train.lr'?"),
 ])
 def test_train_script_rejects_bad_options_with_status_2(args, message, tmp_path):
     result = run_script("scripts/train.py", *args, "--out-dir", tmp_path, "--set", "train.progress=false")

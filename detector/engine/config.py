@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# What data.root must hold for each reader, for the messages of a missing or wrong root.
+DATA_LAYOUTS = {
+    "coco": "annotations/instances_<split>.json and the image folder <split>/",
+    "voc": "JPEGImages/, Annotations/*.xml and ImageSets/Main/<split>.txt",
+}
+# The option that reads a COCO annotation file wherever it lies, named where a JSON file is
+# given as data.root (one place, so the message follows that option's name).
+ANNOTATION_FILE_OPTION = "the annotation-file option (README: Datasets)"
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -258,11 +269,26 @@ def set_value(cfg: Config, dotted: str, value: Any, source: str = "configuration
     section = getattr(cfg, section_name, None) if section_name in _sections() else None
     names = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
     if section is None or key not in names:
-        raise ConfigError(
-            f"{source}: unknown option '{dotted}'; valid options: {', '.join(valid_keys())}"
-        )
+        raise ConfigError(f"{source}: unknown option '{dotted}'{_did_you_mean(dotted)}")
     hint = typing.get_type_hints(type(section))[key]
     setattr(section, key, _coerce(value, hint, dotted, source))
+
+
+def _did_you_mean(dotted: str) -> str:
+    """The closest valid option and a short list to choose from: the keys of the section when
+    it exists (the whole list of every key would run over a kilobyte), else the sections."""
+    section_name, _, key = dotted.partition(".")
+    keys = valid_keys()
+    if section_name in _sections():
+        choices = [k.partition(".")[2] for k in keys if k.startswith(section_name + ".")]
+        # The same key in another section ("data.lr" -> "train.lr"), else a near spelling of a key here.
+        close = [k for k in keys if k.partition(".")[2] == key] or [
+            f"{section_name}.{k}" for k in difflib.get_close_matches(key, choices, n=1, cutoff=0.6)]
+        listing = f"(options of {section_name}: {', '.join(choices)})"
+    else:
+        close = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
+        listing = f"(sections: {', '.join(_sections())})"
+    return (f"; did you mean '{close[0]}'? " if close else " ") + listing
 
 
 def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
@@ -330,6 +356,7 @@ def validate(cfg: Config) -> None:
     check(d.shapes_num_val >= 1, "data.shapes_num_val", ">= 1")
     check(d.min_size is None or d.min_size >= 32, "data.min_size", "empty or >= 32")
     check(d.max_size is None or d.max_size >= (d.min_size or 0), "data.max_size", ">= data.min_size")
+    _check_data_root(d)
     check(len(m.anchor_sizes) >= 1 and all(s > 0 for s in m.anchor_sizes), "model.anchor_sizes",
           "a non-empty list of positive sizes")
     check(len(m.aspect_ratios) >= 1 and all(r > 0 for r in m.aspect_ratios), "model.aspect_ratios",
@@ -387,6 +414,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError("option 'loss.rpn_weight' is set but 'loss.rpn_name' is not; use loss.weight")
     if m.implementation == "torchvision":
         _check_torchvision_implementation(cfg)
+
+
+def _check_data_root(d: DataConfig) -> None:
+    """A real dataset needs its folder; the shapes default is never one, and a JSON file is an
+    annotation file, not a folder."""
+    layout = DATA_LAYOUTS.get(d.name)
+    if layout and d.root == DataConfig.root:
+        raise ConfigError(f"--data {d.name} needs the dataset's folder: give --data-root DIR (option 'data.root'), "
+                          f"the folder that holds {layout}")
+    if Path(d.root).suffix.lower() == ".json":
+        raise ConfigError(f"option 'data.root' is the annotation file {d.root}; data.root is the dataset's folder"
+                          f"{f' (holding {layout})' if layout else ''}; to read an annotation file use {ANNOTATION_FILE_OPTION}")
 
 
 def _check_torchvision_implementation(cfg: Config) -> None:
