@@ -1,5 +1,6 @@
 """Tiny real trainings through the scripts: run directory, metrics, checkpoint evaluation."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,11 +11,18 @@ import pytest
 import torch
 import yaml
 
+from detector.data import DataError
 from detector.engine import config as config_lib
+from detector.engine import training
+from detector.engine.io import read_csv_rows
 from detector.engine.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"
+
+# TensorBoard is an optional extra (the dev extra installs it): the shared run logs to it when
+# it is there, and the test of its event files skips when it is not.
+TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 TINY_SHAPES = [
     "data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
@@ -31,8 +39,8 @@ def run_script(*args, cwd=REPO):
 def shapes_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     # Relative paths, as a user types them, from inside the output folder.
-    cfg = config_lib.load(overrides=TINY_SHAPES + ["data.root=shapes", "train.out_dir=runs",
-                                                   "train.run_name=tiny", "loss.name=l2"])
+    cfg = config_lib.load(overrides=TINY_SHAPES + ["data.root=shapes", "train.out_dir=runs", "train.run_name=tiny",
+                                                   "loss.name=l2", f"train.logger={'tensorboard' if TENSORBOARD else 'csv'}"])
     cwd = os.getcwd()
     os.chdir(out)
     try:
@@ -89,6 +97,21 @@ def test_train_script_rejects_bad_options_with_status_2(args, message, tmp_path)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no run directory left behind
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["data.name=coco", "data.root={tmp}/cocoo"], FileNotFoundError, "COCO dataset folder not found: .*cocoo"),
+    (["data.categories=[unicorn]"], DataError, "unknown category 'unicorn'"),
+    (["model.weights={tmp}/weights.pth"], ValueError, "weights.pth"),  # a state dict of another network
+])
+def test_a_failed_start_leaves_no_run_directory(tmp_path, overrides, error, message):
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "weights.pth")
+    cfg = config_lib.load(overrides=TINY_SHAPES + [f"data.root={tmp_path / 'shapes'}", f"train.out_dir={tmp_path / 'runs'}",
+                                                   *(o.format(tmp=tmp_path) for o in overrides)])
+    with pytest.raises(error, match=message):
+        train(cfg)
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(not TINY_COCO.is_dir(), reason="../shared/data/tiny_coco not present")
@@ -127,6 +150,47 @@ def test_a_failing_run_is_marked_failed(tmp_path, monkeypatch):
         train(cfg)
     metrics = json.loads((tmp_path / "broken" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["error"] == "RuntimeError: boom"
+
+
+def test_a_failure_after_training_is_marked_failed(tmp_path, monkeypatch):
+    def broken_validation(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(training, "validate_final_model", broken_validation)
+    cfg = config_lib.load(overrides=TINY_SHAPES + [f"data.root={tmp_path / 'shapes'}", f"train.out_dir={tmp_path}",
+                                                   "train.run_name=late", "train.max_steps=1"])
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg)
+    metrics = json.loads((tmp_path / "late" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == "OSError: disk full" and metrics["steps"] == 1
+
+
+@pytest.mark.skipif(not TENSORBOARD, reason="tensorboard is not installed (pip install -e '.[tensorboard]')")
+def test_tensorboard_event_files_hold_the_logged_numbers(shapes_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(shapes_run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_box_reg", "lr-AdamW/pg1", "val/AP", "val/AP90", "gradients/box_head/median",
+            "gradients/rpn/p99"} <= tags
+    # The same numbers as metrics.csv and gradients.csv (TensorBoard stores float32).
+    csv_loss = {int(r["step"]): float(r["train/loss"]) for r in read_csv_rows(shapes_run / "metrics.csv")
+                if r["train/loss"]}
+    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx(csv_loss, rel=1e-6)
+    csv_ap = [float(r["val/AP"]) for r in read_csv_rows(shapes_run / "metrics.csv") if r["val/AP"]]
+    assert [e.value for e in events.Scalars("val/AP")] == pytest.approx(csv_ap, rel=1e-6)
+    assert len(csv_ap) == 2  # one validation per epoch
+    medians = {int(r["step"]): float(r["median"]) for r in read_csv_rows(shapes_run / "gradients.csv")
+               if r["head"] == "box_head"}
+    assert {e.step: e.value for e in events.Scalars("gradients/box_head/median")} == pytest.approx(medians, rel=1e-6)
+
+
+def test_tensorboard_without_the_package_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(config_lib.ConfigError, match=r"'train.logger' is 'tensorboard' but the tensorboard package is "
+                                                     r"not installed; install it with: pip install -e \"\.\[tensorboard\]\""):
+        config_lib.load(overrides=["train.logger=tensorboard"])
 
 
 def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,9 @@ class TrainConfig:
     deterministic: bool = False
     threads: int | None = None  # torch intra-op threads on the CPU; None = torch's default
     log_every_n_steps: int = 10
+    # Where losses, learning rate, AP and gradient statistics go: metrics.csv (csv), or
+    # TensorBoard event files as well (tensorboard; the report reads metrics.csv).
+    logger: str = "csv"  # csv | tensorboard
     gradient_stats: bool = True  # regression-gradient statistics at logging steps (gradients.csv)
     val_every_n_epochs: int = 5
     out_dir: str = "runs"
@@ -164,6 +168,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("cosine", "constant"),
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "train.precision": ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
+    "train.logger": ("csv", "tensorboard"),
 }
 
 
@@ -395,6 +400,10 @@ def validate(cfg: Config) -> None:
     check(t.val_every_n_epochs >= 1, "train.val_every_n_epochs", ">= 1")
     check(t.threads is None or t.threads >= 1, "train.threads", "empty or >= 1")
     check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "empty or > 0")
+    # Lightning's TensorBoardLogger writes with either package.
+    if t.logger == "tensorboard" and not any(importlib.util.find_spec(p) for p in ("tensorboard", "tensorboardX")):
+        raise ConfigError("option 'train.logger' is 'tensorboard' but the tensorboard package is not installed; "
+                          'install it with: pip install -e ".[tensorboard]"')
     # Loss names and parameters are checked by building them: the registry's errors list
     # the valid names and the parameters each loss accepts.
     for prefix, name, args in (("loss", cfg.loss.name, cfg.loss.args),

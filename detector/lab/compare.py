@@ -140,13 +140,19 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
     progress.show()
     free_gpus = list(range(gpus))
     lock = threading.Lock()
+    cannot_start = threading.Event()  # a cell that cannot start: the others would not either
 
     def run(cell: Cell) -> None:
+        if cannot_start.is_set():
+            return
         with lock:
             gpu = free_gpus.pop(0) if free_gpus else None
             progress.started(cell)
         try:
             train_cell(configs[cell], runs_dir / cell.name, train_command, gpu=gpu, quiet=jobs > 1)
+        except ConfigError:
+            cannot_start.set()
+            raise
         finally:
             with lock:
                 if gpu is not None:
@@ -160,12 +166,14 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
 
 
 def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int | None, quiet: bool) -> None:
-    """One training process for the cell. A failed or diverged run is recorded in
-    its run directory (and shown in the report), so it does not stop the matrix."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
+    """One training process for the cell. A failed or diverged run is recorded in its run
+    directory (and shown in the report), so it does not stop the matrix; a run that cannot
+    start (its data or weights cannot be read) stops it, since every other cell would fail
+    the same way. The cell's configuration goes to a file beside the run directory, which
+    only training creates, so a failed start leaves no directory behind."""
     if quiet:  # parallel runs: each run's output goes to its own log instead of the terminal
         cfg.train.progress = False
+    config_path = run_dir.parent / f".{run_dir.name}.yaml"
     config_lib.save(cfg, config_path)
     env = dict(os.environ)
     if gpu is not None:
@@ -173,11 +181,20 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
     command = [*train_command, "--config", str(config_path)]
     if run_status(run_dir) == "interrupted" and any((run_dir / "checkpoints").glob("*.ckpt")):
         command = [*train_command, "--resume", str(run_dir)]  # continue where it was stopped
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    try:
+        if quiet:
+            with open(log_path, "w") as log:
+                result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        else:
+            result = subprocess.run(command, env=env, check=False)
+    finally:
+        config_path.unlink(missing_ok=True)
+    if run_status(run_dir) == "missing":
+        where = f"; its output is in {log_path}" if quiet else " (its error is above)"
+        raise ConfigError(f"{run_dir.name} could not start (exit status {result.returncode}){where}")
     if quiet:
-        with open(run_dir / "train.log", "w") as log:
-            subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    else:
-        subprocess.run(command, env=env, check=False)
+        os.replace(log_path, run_dir / "train.log")
 
 
 class MatrixProgress:

@@ -25,7 +25,7 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from detector.engine import atomic_write_json, atomic_write_text, build_dataset, read_csv_rows
-from detector.engine.config import from_dict
+from detector.engine.config import ConfigError, from_dict
 from detector.lab.plots import (
     plot_ap_vs_iou,
     plot_ap_vs_noise,
@@ -64,6 +64,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "seed": config.get("train", {}).get("seed"),
         "noise": float(config.get("data", {}).get("train_box_noise", 0.0)),
         "dataset": config.get("data", {}).get("name"),
+        "data": config.get("data", {}),
         "status": metrics.get("status", "unknown"),
         "steps": metrics.get("steps"),
         "diverged_at_step": metrics.get("diverged_at_step"),
@@ -245,10 +246,35 @@ def gradient_summary(conditions: list[Condition]) -> str:
     return "\n".join(lines)
 
 
+# The options that say which images a run was trained and scored on. data.root is compared by
+# its last folder name: runs made on different machines keep the same dataset in other places.
+DATASET_OPTIONS = ("name", "root", "train_split", "val_split", "categories", "max_train_images", "max_val_images")
+# The bundled dataset is generated: these make it another dataset.
+SHAPES_OPTIONS = ("shapes_image_size", "shapes_num_train", "shapes_num_val", "shapes_seed")
+
+
+def check_same_dataset(rows: list[dict[str, Any]]) -> None:
+    """Refuse to compare runs of different datasets, naming the first option that differs."""
+    def identity(row: dict[str, Any]) -> dict[str, Any]:
+        data = row["data"]
+        keys = DATASET_OPTIONS + (SHAPES_OPTIONS if data.get("name") == "shapes" else ())
+        values = {f"data.{key}": data.get(key) for key in keys}
+        values["data.root"] = Path(str(data.get("root"))).name if data.get("root") else None
+        return values
+
+    first = identity(rows[0]) if rows else {}
+    for row in rows[1:]:
+        for key, value in identity(row).items():
+            if value != first.get(key):
+                raise ConfigError(f"{row['path']} and {rows[0]['path']} were made on different datasets "
+                                  f"({key}: {value!r} != {first.get(key)!r}); a report compares runs of one dataset")
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, baseline: str = "smooth_l1") -> Path:
     """report.md (tables and plots), results.csv (one row per run) and results.json in ``out_dir``."""
     out_dir = Path(out_dir)
     rows = [load_run(d) for d in run_dirs]
+    check_same_dataset(rows)
     conditions = group_runs(rows)
     summary = summarise(conditions, baseline)
     with_voc = any(r["VOC_AP50"] is not None for r in rows)
@@ -300,7 +326,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
         "command": command,
         "baseline": baseline,
         "summary": [_jsonable(row) for row in summary],
-        "runs": [{k: v for k, v in r.items() if k != "path"} for r in rows],
+        "runs": [{k: v for k, v in r.items() if k not in ("path", "data")} for r in rows],
     })
     return out_dir / "report.md"
 
