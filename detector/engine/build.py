@@ -187,7 +187,7 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
     The image subset is cfg.max_train_images for the training split and cfg.max_val_images
     for the validation split (``train`` decides when both splits have the same name).
     """
-    transform = DetectionTransform(min_size=cfg.min_size, max_size=cfg.max_size, hflip=train and cfg.hflip)
+    transform = build_transform(cfg, train)
     if split == cfg.train_split and (train or split != cfg.val_split):
         max_images = cfg.max_train_images
     elif split == cfg.val_split:
@@ -206,6 +206,12 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
     if train and cfg.train_box_noise > 0:
         dataset.records, _ = corrupt_boxes(dataset.records, cfg.train_box_noise, cfg.train_box_noise_seed)
     return dataset
+
+
+def build_transform(cfg: DataConfig, train: bool) -> DetectionTransform:
+    """The resize of training and validation images (and of the images predictions are made
+    on); training images are also flipped when cfg.hflip."""
+    return DetectionTransform(min_size=cfg.min_size, max_size=cfg.max_size, hflip=train and cfg.hflip)
 
 
 def ensure_generated(cfg: DataConfig) -> None:

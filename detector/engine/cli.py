@@ -47,6 +47,12 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
     "--strategy": ("train.strategy", "Lightning strategy, e.g. ddp", {}),
     "--precision": ("train.precision", "auto (bf16 where the hardware has it natively), 32-true, 16-mixed or "
                     "bf16-mixed", {}),
+    "--score-thresh": ("model.box_score_thresh", "keep detections scoring above this", {"type": float}),
+    "--nms-thresh": ("model.box_nms_thresh", "IoU above which the box head's NMS removes a detection of the same class",
+                     {"type": float}),
+    "--max-detections": ("model.detections_per_image", "detections kept per image, best first", {"type": int}),
+    "--min-size": ("data.min_size", "resize: shorter image side to this many pixels", {"type": int}),
+    "--max-size": ("data.max_size", "resize: longer image side at most this many pixels", {"type": int}),
     "--out-dir": ("train.out_dir", "folder that receives run directories", {}),
     "--run-name": ("train.run_name", "run directory name", {}),
     "--threads": ("train.threads", "torch CPU threads", {"type": int}),

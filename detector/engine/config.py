@@ -186,6 +186,11 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``section.key`` -> value, for comparing two configurations option by option."""
+    return {f"{section}.{key}": value for section, values in to_dict(cfg).items() for key, value in values.items()}
+
+
 def from_dict(raw: dict[str, Any], source: str = "configuration") -> Config:
     """Build a Config from nested dicts, rejecting unknown sections and keys by name."""
     if not isinstance(raw, dict):

@@ -21,7 +21,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -98,12 +97,12 @@ def config_differences(wanted: Config, run_dir: str | Path) -> list[str]:
     ``key: run value != wanted value``; options in IGNORED_IN_MATCH do not count."""
     found = config_lib.load(Path(run_dir) / "config.yaml")
     differences = []
-    for key, value in _flatten(config_lib.to_dict(wanted)).items():
+    theirs = config_lib.flatten(found)
+    for key, value in config_lib.flatten(wanted).items():
         if key in IGNORED_IN_MATCH:
             continue
-        theirs = _flatten(config_lib.to_dict(found)).get(key)
-        if theirs != value:
-            differences.append(f"{key}: {theirs!r} != {value!r}")
+        if theirs[key] != value:
+            differences.append(f"{key}: {theirs[key]!r} != {value!r}")
     return differences
 
 
@@ -115,10 +114,6 @@ def check_reusable(cfg: Config, run_dir: Path) -> None:
             f"{run_dir} holds a finished run made with a different configuration "
             f"({'; '.join(differences[:3])}); remove it or choose another --runs-dir"
         )
-
-
-def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
 
 
 def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int | None,
