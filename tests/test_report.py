@@ -150,3 +150,12 @@ def test_the_same_dataset_in_another_folder_compares(tmp_path):
     runs = [make_run(tmp_path, "a", "l1", 0.7, data={"root": "/data/tiny_coco"}),
             make_run(tmp_path, "b", "l2", 0.6, data={"root": "../shared/data/tiny_coco", "train_box_noise": 0.2})]
     assert write_report(runs, tmp_path / "out", "cmd").is_file()
+
+
+def test_figures_in_the_chosen_format_and_single_runs_said_to_be_single(tmp_path):
+    runs = [make_run(tmp_path, "l1-seed0", "l1", 0.7), make_run(tmp_path, "l2-seed0", "l2", 0.6)]
+    report = write_report(runs, tmp_path / "out", "cmd", fmt="svg").read_text()
+    assert "![AP against IoU threshold](ap_vs_iou.svg)" in report
+    assert "One completed seed per condition: single runs, without a standard deviation or an interval." in report
+    assert "Mean ± standard deviation" not in report
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".csv", ".json", ".md", ".svg"]

@@ -44,7 +44,7 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
         cells = plan(args.losses, args.seeds, args.noise)
         run_dirs = train_matrix(cells, config_lib.from_args(args), Path(args.runs_dir), jobs=args.jobs,
                                 train_command=[sys.executable, str(TRAIN_SCRIPT)])
-    return write_report(run_dirs, args.out, command, baseline=args.baseline)
+    return write_report(run_dirs, args.out, command, baseline=args.baseline, fmt=args.format)
 
 
 @dataclass(frozen=True)
