@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import argparse
 
-from detector.engine.cli import add_flags, add_set_argument, run_main
-
-DATA_FLAGS = ["--data", "--data-root", "--batch-size", "--num-workers", "--skip-bad-images", "--accelerator",
-              "--devices", "--precision", "--threads", "--score-thresh", "--nms-thresh", "--max-detections",
-              "--min-size", "--max-size"]
+from detector.engine.cli import add_inference_arguments, run_main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a .ckpt file or a run directory")
+    add_inference_arguments(parser, ["--data", "--data-root"])
     parser.add_argument("--split", help="split to evaluate (default: the configuration's val split)")
     parser.add_argument("--out", help="output folder (default: <run dir>/eval-<split>)")
-    add_set_argument(parser, "override data, post-processing or device options, e.g. --set model.rpn_post_nms_top_n_test=300")
-    add_flags(parser, DATA_FLAGS)
     args = parser.parse_args()
     from detector.engine.evaluate import evaluate_from_args  # torch loads once the arguments are known
 

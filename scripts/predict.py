@@ -17,22 +17,17 @@ from __future__ import annotations
 
 import argparse
 
-from detector.engine.cli import add_flags, add_set_argument, run_main
-
-FLAGS = ["--batch-size", "--num-workers", "--skip-bad-images", "--accelerator", "--devices", "--precision", "--threads",
-         "--score-thresh", "--nms-thresh", "--max-detections", "--min-size", "--max-size"]
+from detector.engine.cli import add_inference_arguments, run_main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a .ckpt file or a run directory (its best checkpoint)")
+    add_inference_arguments(parser, [])
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--draw-thresh", type=float, default=0.5,
                         help="draw the detections scoring at least this (detections.json keeps every one above "
                              "--score-thresh); default 0.5")
-    add_set_argument(parser, "override post-processing or device options, e.g. --set model.rpn_post_nms_top_n_test=300")
-    add_flags(parser, FLAGS)
     args = parser.parse_args()
     from detector.engine.predict import predict_from_args  # torch loads once the arguments are known
 

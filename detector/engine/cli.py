@@ -59,6 +59,20 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
 }
 
 
+# Options a trained model runs with (evaluate.py, predict.py): loading, devices, post-processing, sizes.
+INFERENCE_FLAGS = ["--batch-size", "--num-workers", "--skip-bad-images", "--accelerator", "--devices", "--precision",
+                   "--threads", "--score-thresh", "--nms-thresh", "--max-detections", "--min-size", "--max-size"]
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, flags: list[str]) -> None:
+    """The checkpoint, ``--set`` and INFERENCE_FLAGS plus ``flags`` of a script that puts a
+    trained model to use; training fixed every other option (detector/engine/inference.py)."""
+    parser.add_argument("checkpoint", help="a .ckpt file or a run directory (its best checkpoint, else its last)")
+    add_set_argument(parser, "override post-processing, size, device or data options, "
+                             "e.g. --set model.rpn_post_nms_top_n_test=300")
+    add_flags(parser, flags + INFERENCE_FLAGS)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, flags: list[str] | None = None) -> None:
     """``--config``, ``--set``, the loss-parameter lists and the dedicated ``flags`` (default:
     all of FLAGS). A flag's destination is its option with ``__`` for the dot."""
