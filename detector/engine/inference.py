@@ -19,6 +19,7 @@ import torch
 from detector.engine import config as config_lib
 from detector.engine.config import Config, ConfigError
 from detector.engine.module import DetectorModule
+from detector.engine.training import resolve_precision
 
 POSTPROCESSING_OPTIONS = (
     "model.box_score_thresh", "model.box_nms_thresh", "model.detections_per_image",
@@ -61,6 +62,7 @@ def inference_config(args: argparse.Namespace, allowed: tuple[str, ...], script:
     if fixed:
         raise ConfigError(f"{', '.join(fixed)} cannot apply to a trained model (training fixed "
                           f"{'it' if len(fixed) == 1 else 'them'}); {script} applies: {', '.join(allowed)}")
+    resolve_precision(cfg)  # a GPU run's mixed precision, used on a CPU: fp32, as training would
     return checkpoint, cfg
 
 
