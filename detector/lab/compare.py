@@ -26,6 +26,7 @@ import torch
 
 from detector.engine import config as config_lib
 from detector.engine.config import Config, ConfigError
+from detector.engine.training import resolve_precision
 from detector.lab.report import write_report
 
 FINISHED = ("completed", "diverged")
@@ -121,6 +122,10 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
     """Train every unfinished cell in a process of its own, ``train_command + ["--config",
     config.yaml]``, or ``train_command + ["--resume", run_dir]`` for a run that was interrupted
     after saving a checkpoint; return all cells' run directories in matrix order."""
+    # A run records the precision it resolved train.precision=auto to; resolved here the same
+    # way, a finished run matches the configuration that made it.
+    base = config_lib.from_dict(config_lib.to_dict(base))
+    resolve_precision(base)
     configs = {cell: cell_config(base, cell, runs_dir) for cell in cells}
     todo = []
     for cell in cells:
