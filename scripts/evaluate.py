@@ -2,25 +2,26 @@
 
     python scripts/evaluate.py runs/shapes-smooth_l1-seed0-...          # best checkpoint, its val split
     python scripts/evaluate.py model.ckpt --data coco --data-root /data/coco --split val2017
+    python scripts/evaluate.py runs/shapes-smooth_l1-seed0-... --score-thresh 0.5 --out eval-score0.5
+
+The checkpoint's own configuration applies, with the data, the post-processing (--score-thresh,
+--nms-thresh, --max-detections, model.rpn_*_test via --set), the test-time sizes (--min-size,
+--max-size) and the device options given here on top; metrics.json records the post-processing
+used. Options that training fixed (the model, the loss, the schedule) are refused by name.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from detector.engine.cli import add_flags, add_set_argument, run_main
-
-DATA_FLAGS = ["--data", "--data-root", "--batch-size", "--num-workers", "--accelerator", "--devices",
-              "--precision"]
+from detector.engine.cli import add_inference_arguments, run_main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a .ckpt file or a run directory")
+    add_inference_arguments(parser, ["--data", "--data-root"])
     parser.add_argument("--split", help="split to evaluate (default: the configuration's val split)")
     parser.add_argument("--out", help="output folder (default: <run dir>/eval-<split>)")
-    add_set_argument(parser, "override data options")
-    add_flags(parser, DATA_FLAGS)
     args = parser.parse_args()
     from detector.engine.evaluate import evaluate_from_args  # torch loads once the arguments are known
 

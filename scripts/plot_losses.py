@@ -13,7 +13,10 @@ from detector.engine.cli import run_main
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="reports/loss_curves.png", help="figure to write (PNG, PDF or SVG)")
+    parser.add_argument("--out", default="reports/loss_curves.png",
+                        help="figure to write; its suffix (.png, .pdf, .svg) gives the format unless --format does")
+    parser.add_argument("--format", choices=("png", "pdf", "svg"),
+                        help="file format: png (200 dpi) or vector pdf / svg for papers (replaces --out's suffix)")
     parser.add_argument("--gradients", nargs="+", metavar="RUN_DIR",
                         help="plot the gradient statistics (gradients.csv) of these runs instead")
     args = parser.parse_args()

@@ -18,12 +18,16 @@ FAKE_TRAIN = """
 import json, sys, yaml
 from pathlib import Path
 mode, target = sys.argv[1], Path(sys.argv[2])
-config = target / "config.yaml" if mode == "--resume" else target
-raw = yaml.safe_load(config.read_text())
+raw = yaml.safe_load((target / "config.yaml" if mode == "--resume" else target).read_text())
+run_dir = Path(raw["train"]["out_dir"]) / raw["train"]["run_name"]
+with open(run_dir.parent / "trained.txt", "a") as log:
+    log.write(run_dir.name + (" resumed" if mode == "--resume" else "") + "\\n")
+if raw["train"]["seed"] == 7:  # a start that fails, as with a mistyped data root: nothing written
+    sys.exit(2)
 status = "diverged" if raw["loss"]["name"] == "l2" and raw["train"]["seed"] == 1 else "completed"
-(config.parent / "metrics.json").write_text(json.dumps({"status": status}))
-with open(config.parent.parent / "trained.txt", "a") as log:
-    log.write(config.parent.name + (" resumed" if mode == "--resume" else "") + "\\n")
+run_dir.mkdir(exist_ok=True)
+(run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
+(run_dir / "metrics.json").write_text(json.dumps({"status": status}))
 """
 
 
@@ -83,6 +87,16 @@ def test_matrix_trains_only_unfinished_cells(tmp_path, capsys):
     train_matrix(cells, Config(), runs_dir, jobs=2, train_command=command)
     assert sorted(trained(runs_dir)[4:]) == ["l1-seed1 resumed", "l2-seed0"]
     assert (runs_dir / "l1-seed1" / "train.log").is_file()  # parallel runs log to a file each
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["l1-seed0", "l1-seed1", "l2-seed0", "l2-seed1", "trained.txt"]
+
+
+def test_a_cell_that_cannot_start_stops_the_matrix_and_leaves_no_directory(tmp_path):
+    runs_dir = tmp_path / "runs"
+    cells = plan(["l1", "l2"], [7], [0.0])
+    with pytest.raises(ConfigError, match=r"l1-seed7 could not start \(exit status 2\) \(its error is above\)"):
+        train_matrix(cells, Config(), runs_dir, jobs=1, train_command=[sys.executable, "-c", FAKE_TRAIN])
+    assert trained(runs_dir) == ["l1-seed7"]  # l2-seed7 was not tried
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["trained.txt"]
 
 
 TINY = ["data.shapes_image_size=64", "data.shapes_num_train=16", "data.shapes_num_val=8", "data.batch_size=8",

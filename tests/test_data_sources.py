@@ -214,7 +214,7 @@ def test_a_comparison_resolves_the_classes_once_for_every_cell(tmp_path, monkeyp
     cli.add_config_arguments(parser)
     args = parser.parse_args(["--data", "voc", "--data-root", str(root), "--set", "data.val_fraction=0.5"])
     args.runs, args.losses, args.seeds, args.noise = None, ["l1", "l2"], [0, 1], [0.0]
-    args.runs_dir, args.jobs, args.out, args.baseline = str(tmp_path / "runs"), 1, str(tmp_path), "l1"
+    args.runs_dir, args.jobs, args.out, args.baseline, args.format = str(tmp_path / "runs"), 1, str(tmp_path), "l1", "png"
     compare.compare_from_args(args, [])
     cells = [compare.cell_config(seen["base"], cell, tmp_path) for cell in compare.plan(["l1", "l2"], [0, 1], [0.0])]
     assert [cell.data.classes for cell in cells] == [CLASSES] * 4

@@ -1,7 +1,12 @@
 """Tiny real trainings through the scripts: run directory, metrics, checkpoint evaluation."""
 
+import contextlib
+import importlib.util
+import io
 import json
 import os
+import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +15,18 @@ import pytest
 import torch
 import yaml
 
+from detector.data import DataError
 from detector.engine import config as config_lib
+from detector.engine import training
+from detector.engine.io import read_csv_rows
 from detector.engine.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"
+
+# TensorBoard is an optional extra (the dev extra installs it): the shared run logs to it when
+# it is there, and the test of its event files skips when it is not.
+TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 TINY_SHAPES = [
     "data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
@@ -27,12 +39,18 @@ def run_script(*args, cwd=REPO):
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def run_in_process(script, *args, monkeypatch):
+    """A script's main() in this process (no interpreter start, torch already loaded)."""
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    return runpy.run_path(str(REPO / "scripts" / script))["main"]()
+
+
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     # Relative paths, as a user types them, from inside the output folder.
-    cfg = config_lib.load(overrides=TINY_SHAPES + ["data.root=shapes", "train.out_dir=runs",
-                                                   "train.run_name=tiny", "loss.name=l2"])
+    cfg = config_lib.load(overrides=TINY_SHAPES + ["data.root=shapes", "train.out_dir=runs", "train.run_name=tiny",
+                                                   "loss.name=l2", f"train.logger={'tensorboard' if TENSORBOARD else 'csv'}"])
     cwd = os.getcwd()
     os.chdir(out)
     try:
@@ -75,18 +93,134 @@ def test_evaluate_script_reproduces_the_training_metrics(shapes_run, tmp_path):
     assert "AP50" in result.stdout
 
 
+def test_predict_equals_evaluate_on_the_validation_images(shapes_run, tmp_path, monkeypatch):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    monkeypatch.chdir(shapes_run.parents[1])  # the run's configuration names its data relative to here
+    checkpoint = shapes_run / "checkpoints" / "last.ckpt"
+    folder = tmp_path / "photos"
+    shutil.copytree("shapes/val", folder)
+    (folder / "broken.png").write_bytes(b"not an image")
+    # Both enlarge the 64 px images to 96 px, so the shared resize and the mapping back to the
+    # files' pixels are exercised.
+    common = ["--num-workers", "0", "--min-size", "96", "--set", "train.progress=false"]
+    run_in_process("evaluate.py", checkpoint, "--out", tmp_path / "eval", *common, monkeypatch=monkeypatch)
+    run_in_process("predict.py", checkpoint, folder, "--out", tmp_path / "pred", "--skip-bad-images", *common,
+                   monkeypatch=monkeypatch)
+    evaluated = json.loads((tmp_path / "eval" / "detections.json").read_text())
+    predicted = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    info = json.loads((tmp_path / "pred" / "image_info.json").read_text())
+    truth = json.loads(Path("shapes/annotations/instances_val.json").read_text())
+    # Prediction numbers the sorted files 1, 2, ...; the ground truth has its own ids: match by file name.
+    truth_id = {image["file_name"]: image["id"] for image in truth["images"]}
+    to_truth = {image["id"]: truth_id[image["file_name"]] for image in info["images"]}
+    assert len(predicted) > 0 and sorted(to_truth) == list(range(1, 9))  # broken.png sorts last, as id 9
+    assert [{**d, "image_id": to_truth[d["image_id"]]} for d in predicted] == evaluated
+    assert [(s["file_name"], s["error"]) for s in info["skipped"]] == [
+        ("broken.png", f"{folder / 'broken.png'}: cannot decode image: Unsupported image file. Only jpeg, png, webp "
+                       "and gif are currently supported. For avif and heic format, please rely on `decode_avif` and "
+                       "`decode_heic` directly.")]
+    assert info["postprocessing"]["data.min_size"] == 96
+    assert info["categories"] == [{"id": c["id"], "name": c["name"]} for c in truth["categories"]]
+    assert sorted(p.name for p in (tmp_path / "pred" / "images").iterdir()) == sorted(truth_id)
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        # image_info.json is a ground truth without annotations: loadRes takes the detections ...
+        assert len(COCO(str(tmp_path / "pred" / "image_info.json")).loadRes(str(tmp_path / "pred" / "detections.json"))
+                   .getAnnIds()) == len(predicted)
+        # ... and the ground truth of the same files, keyed by the prediction's ids, scores them as evaluate.py did.
+        from_truth = {image_id: predicted_id for predicted_id, image_id in to_truth.items()}
+        truth["images"] = [{**image, "id": from_truth[image["id"]]} for image in truth["images"]]
+        truth["annotations"] = [{**a, "image_id": from_truth[a["image_id"]]} for a in truth["annotations"]]
+        ground_truth = COCO()
+        ground_truth.dataset = truth
+        ground_truth.createIndex()
+        scores = COCOeval(ground_truth, ground_truth.loadRes(str(tmp_path / "pred" / "detections.json")), "bbox")
+        scores.evaluate()
+        scores.accumulate()
+        scores.summarize()
+    assert scores.stats[0] == pytest.approx(json.loads((tmp_path / "eval" / "metrics.json").read_text())["val"]["stats"]["AP"])
+
+
+def test_evaluate_applies_post_processing_and_records_it(shapes_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(shapes_run.parents[1])
+    run_in_process("evaluate.py", shapes_run / "checkpoints" / "last.ckpt", "--out", tmp_path, "--num-workers", "0",
+                   "--score-thresh", "0.3", "--max-detections", "2", "--set", "train.progress=false",
+                   monkeypatch=monkeypatch)
+    # A higher threshold removes only boxes NMS could not use to suppress better ones, so the
+    # result is each image's best 2 of the training run's detections scoring above 0.3.
+    trained = json.loads((shapes_run / "detections_val.json").read_text())
+    expected = []
+    for image_id in sorted({d["image_id"] for d in trained}):
+        mine = [d for d in trained if d["image_id"] == image_id and d["score"] > 0.3]
+        expected += sorted(mine, key=lambda d: -d["score"])[:2]
+    evaluated = json.loads((tmp_path / "detections.json").read_text())
+    key = lambda d: (d["image_id"], -d["score"])  # noqa: E731
+    assert sorted(evaluated, key=key) == pytest.approx(sorted(expected, key=key))
+    recorded = json.loads((tmp_path / "metrics.json").read_text())["postprocessing"]
+    assert recorded["model.box_score_thresh"] == 0.3 and recorded["model.detections_per_image"] == 2
+    assert recorded["model.box_nms_thresh"] == 0.5  # the checkpoint's own
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("evaluate.py", ["--set", "train.lr=0.1", "model.anchor_sizes=[8]"],
+     "error: model.anchor_sizes, train.lr cannot apply to a trained model (training fixed them); evaluate.py "
+     "applies: model.box_score_thresh, "),
+    ("predict.py", ["shapes/val", "--out", "predictions", "--data-root", "elsewhere"], "unrecognized arguments"),
+    ("predict.py", ["shapes/val", "--out", "predictions", "--set", "data.val_split=train"],
+     "error: data.val_split cannot apply to a trained model (training fixed it); predict.py applies: "),
+    ("predict.py", ["shapes/val/000000.png", "shapes/nothing/*.png", "--out", "predictions"],
+     "error: shapes/nothing/*.png: no image file matches this pattern"),
+])
+def test_options_training_fixed_are_refused_by_name(shapes_run, script, args, message):
+    result = run_script(REPO / "scripts" / script, shapes_run, *args, cwd=shapes_run.parents[1])
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert not (shapes_run.parents[1] / "predictions").exists() and not (shapes_run / "eval-val").exists()
+
+
+def test_predict_stops_at_a_bad_image_naming_it(shapes_run, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(shapes_run.parents[1] / "shapes" / "val" / "000000.png", folder)
+    (folder / "empty.jpg").write_bytes(b"")
+    result = run_script(REPO / "scripts" / "predict.py", shapes_run, folder, "--out", tmp_path / "out",
+                        "--num-workers", "0", "--set", "train.progress=false", cwd=shapes_run.parents[1])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith(f"error: {folder / 'empty.jpg'}: cannot decode image: the file is empty "
+                                          "(set data.skip_bad_images=true, --skip-bad-images, to leave out such images)")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--loss", "l3"], "unknown regression loss 'l3'; valid losses:"),
     (["--loss-args", "gamma=2"], "no parameter 'gamma'"),
     (["--set", "train.optimiser=sgd"], "unknown option 'train.optimiser'"),
     (["--data", "kitti"], "valid choices: shapes, coco, voc"),
     (["--data", "coco", "--data-root", "/nonexistent/coco"], "/nonexistent/coco"),
+    (["--data", "coco"], "--data coco needs the dataset's folder: give --data-root DIR"),
+    (["--set", "train.lrr=0.1"], "did you mean 'train.lr'?"),
 ])
 def test_train_script_rejects_bad_options_with_status_2(args, message, tmp_path):
     result = run_script("scripts/train.py", *args, "--out-dir", tmp_path, "--set", "train.progress=false")
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no run directory left behind
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["data.name=coco", "data.root={tmp}/cocoo"], FileNotFoundError, "COCO dataset folder not found: .*cocoo"),
+    (["data.categories=[unicorn]"], DataError, "unknown category 'unicorn'"),
+    (["model.weights={tmp}/weights.pth"], ValueError, "weights.pth"),  # a state dict of another network
+])
+def test_a_failed_start_leaves_no_run_directory(tmp_path, overrides, error, message):
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "weights.pth")
+    cfg = config_lib.load(overrides=TINY_SHAPES + [f"data.root={tmp_path / 'shapes'}", f"train.out_dir={tmp_path / 'runs'}",
+                                                   *(o.format(tmp=tmp_path) for o in overrides)])
+    with pytest.raises(error, match=message):
+        train(cfg)
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(not TINY_COCO.is_dir(), reason="../shared/data/tiny_coco not present")
@@ -128,6 +262,47 @@ def test_a_failing_run_is_marked_failed(tmp_path, monkeypatch):
         train(cfg)
     metrics = json.loads((tmp_path / "broken" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["error"] == "RuntimeError: boom"
+
+
+def test_a_failure_after_training_is_marked_failed(tmp_path, monkeypatch):
+    def broken_validation(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(training, "validate_final_model", broken_validation)
+    cfg = config_lib.load(overrides=TINY_SHAPES + [f"data.root={tmp_path / 'shapes'}", f"train.out_dir={tmp_path}",
+                                                   "train.run_name=late", "train.max_steps=1"])
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg)
+    metrics = json.loads((tmp_path / "late" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == "OSError: disk full" and metrics["steps"] == 1
+
+
+@pytest.mark.skipif(not TENSORBOARD, reason="tensorboard is not installed (pip install -e '.[tensorboard]')")
+def test_tensorboard_event_files_hold_the_logged_numbers(shapes_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(shapes_run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_box_reg", "lr-AdamW/pg1", "val/AP", "val/AP90", "gradients/box_head/median",
+            "gradients/rpn/p99"} <= tags
+    # The same numbers as metrics.csv and gradients.csv (TensorBoard stores float32).
+    csv_loss = {int(r["step"]): float(r["train/loss"]) for r in read_csv_rows(shapes_run / "metrics.csv")
+                if r["train/loss"]}
+    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx(csv_loss, rel=1e-6)
+    csv_ap = [float(r["val/AP"]) for r in read_csv_rows(shapes_run / "metrics.csv") if r["val/AP"]]
+    assert [e.value for e in events.Scalars("val/AP")] == pytest.approx(csv_ap, rel=1e-6)
+    assert len(csv_ap) == 2  # one validation per epoch
+    medians = {int(r["step"]): float(r["median"]) for r in read_csv_rows(shapes_run / "gradients.csv")
+               if r["head"] == "box_head"}
+    assert {e.step: e.value for e in events.Scalars("gradients/box_head/median")} == pytest.approx(medians, rel=1e-6)
+
+
+def test_tensorboard_without_the_package_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(config_lib.ConfigError, match=r"'train.logger' is 'tensorboard' but the tensorboard package is "
+                                                     r"not installed; install it with: pip install -e \"\.\[tensorboard\]\""):
+        config_lib.load(overrides=["train.logger=tensorboard"])
 
 
 def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):

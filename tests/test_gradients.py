@@ -50,9 +50,11 @@ def test_no_foreground_gives_no_row():
 
 def test_gradient_csv_rows_at_logging_steps_appended_below_one_header(tmp_path):
     path = tmp_path / "gradients.csv"
+    logged = []  # what the trainer's loggers (metrics.csv, TensorBoard) receive
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
     for run in range(2):  # the second fit is a resumed run: it appends below the existing header
         callback = GradientStatistics(path, every_n_steps=10)
-        trainer = SimpleNamespace(is_global_zero=True, global_step=0)
+        trainer = SimpleNamespace(is_global_zero=True, global_step=0, loggers=[logger])
         callback.on_fit_start(trainer, None)
         for step in (10 * run, 10 * run + 5):  # only the first is a logging step
             module = SimpleNamespace(diverged=None, gradient_probes=[probe_backward("l1", torch.ones(1, 4),
@@ -64,3 +66,7 @@ def test_gradient_csv_rows_at_logging_steps_appended_below_one_header(tmp_path):
     assert lines[0] == "step,head,loss,count,mean,median,p90,p99,max,fraction_at_bound"
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "10"]
     assert lines[1].startswith("0,box_head,l1,4,1.0,1.0,1.0,1.0,1.0,1.0")
+    assert [step for step, _ in logged] == [0, 10]
+    assert logged[0][1] == {f"gradients/box_head/{key}": value for key, value in
+                            (("count", 4.0), ("mean", 1.0), ("median", 1.0), ("p90", 1.0), ("p99", 1.0), ("max", 1.0),
+                             ("fraction_at_bound", 1.0))}

@@ -5,16 +5,19 @@ import json
 
 import pytest
 
+from detector.engine.config import ConfigError
 from detector.lab.report import Condition, group_runs, load_run, paired_difference, run_table, summarise, write_report
 
 
-def make_run(root, name, loss, ap, *, seed=0, noise=0.0, status="completed", diverged_at_step=None, train_s=480.0):
-    """A run directory as training writes it (metrics.json only; AP at IoU t = ap + 0.5 - t)."""
+def make_run(root, name, loss, ap, *, seed=0, noise=0.0, status="completed", diverged_at_step=None, train_s=480.0,
+             data=None):
+    """A run directory as training writes it (metrics.json only; AP at IoU t = ap + 0.5 - t);
+    ``data``: options of its data section besides the name and the noise level."""
     run = root / name
     run.mkdir()
     ap_per_iou = {f"{t / 100:.2f}": round(ap + (0.5 - t / 100), 3) for t in range(50, 100, 5)}
     metrics = {"status": status, "steps": 940 if status == "completed" else diverged_at_step,
-               "config": {"train": {"seed": seed}, "data": {"name": "shapes", "train_box_noise": noise},
+               "config": {"train": {"seed": seed}, "data": {"name": "shapes", "train_box_noise": noise, **(data or {})},
                           "loss": {"name": loss}},
                "loss": {"box_head": {"name": loss, "space": "deltas",
                                      "params": {"beta": 1 / 9} if loss == "smooth_l1" else {}, "weight": 1.0}},
@@ -127,3 +130,32 @@ def test_gradient_summary_averages_first_and_last_windows(tmp_path):
     report = write_report([run], tmp_path / "out", "cmd").read_text()
     assert "| l1 (seed 0) | box_head | 0-40 | 2.500 | 1.000 | 1.000 | 1.00 | 50-90 | 7.500 | 1.000 | 1.000 | 1.00 |" in report
     assert "![gradient statistics](gradients.png)" in report and (tmp_path / "out" / "gradients.png").is_file()
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": "coco"}, "data.name: 'coco' != 'shapes'"),
+    ({"val_split": "test"}, "data.val_split: 'test' != 'val'"),  # a run without the option had its default
+    ({"categories": ["ring"]}, r"data.categories: \['ring'\] != \[\]"),
+    ({"shapes_num_train": 100}, "data.shapes_num_train: 100 != 1500"),
+])
+def test_runs_of_different_datasets_are_refused_naming_the_option(tmp_path, data, message):
+    runs = [make_run(tmp_path, "a", "l1", 0.7), make_run(tmp_path, "b", "l2", 0.6, data=data)]
+    with pytest.raises(ConfigError, match=f"b and .*a were made on different datasets \\({message}\\)"):
+        write_report(runs, tmp_path / "out", "cmd")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_same_dataset_in_another_folder_compares(tmp_path):
+    # Runs made on two machines: the same tiny_coco, kept in different places.
+    runs = [make_run(tmp_path, "a", "l1", 0.7, data={"root": "/data/tiny_coco"}),
+            make_run(tmp_path, "b", "l2", 0.6, data={"root": "../shared/data/tiny_coco", "train_box_noise": 0.2})]
+    assert write_report(runs, tmp_path / "out", "cmd").is_file()
+
+
+def test_figures_in_the_chosen_format_and_single_runs_said_to_be_single(tmp_path):
+    runs = [make_run(tmp_path, "l1-seed0", "l1", 0.7), make_run(tmp_path, "l2-seed0", "l2", 0.6)]
+    report = write_report(runs, tmp_path / "out", "cmd", fmt="svg").read_text()
+    assert "![AP against IoU threshold](ap_vs_iou.svg)" in report
+    assert "One completed seed per condition: single runs, without a standard deviation or an interval." in report
+    assert "Mean ± standard deviation" not in report
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".csv", ".json", ".md", ".svg"]

@@ -99,6 +99,12 @@ def test_offline_and_not_cached_is_one_line_naming_file_cache_and_alternative(tm
     assert "--weights PATH" in message
 
 
+def test_a_missing_weights_file_is_refused_when_a_run_starts_not_when_a_checkpoint_is_used(tmp_path):
+    cfg = config_lib.load(overrides=[f"model.weights={tmp_path / 'gone.pth'}"])  # evaluation never reads it
+    with pytest.raises(FileNotFoundError, match=f"option 'model.weights': file not found: {tmp_path / 'gone.pth'}"):
+        load_trunk_weights(cfg.model)
+
+
 def test_weights_of_another_trunk_are_refused_by_name():
     with pytest.raises(ConfigError, match="'ResNet50_Weights.IMAGENET1K_V2' names no weights of a torchvision "
                                           "resnet18; valid names: imagenet, ResNet18_Weights.IMAGENET1K_V1"):

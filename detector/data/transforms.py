@@ -49,6 +49,14 @@ def resize(image: Tensor, boxes: Tensor, min_size: int | None, max_size: int | N
     return image, boxes * new_sizes / old_sizes, scale
 
 
+def boxes_to_original(boxes: Tensor, size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
+    """Boxes (D, 4) in pixels of an image that ``resize`` made ``size`` (h, w) -> pixels of the
+    original image of ``original_size`` (h, w), where the ground truth and the user's file are.
+    Per axis: resizing rounds each side, so one scalar scale would be off by up to a pixel."""
+    (height, width), (original_height, original_width) = size, original_size
+    return boxes * boxes.new_tensor([original_width / width, original_height / height] * 2)
+
+
 def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Mirror the image left-right; a box [x1, x2] becomes [W - x2, W - x1]."""
     width = image.shape[-1]

@@ -108,7 +108,8 @@ def _load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """A local state dict (or a checkpoint holding one under ``state_dict``)."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"backbone weights not found: {file}")
+        raise FileNotFoundError(f"option 'model.weights': file not found: {file} (or give a torchvision weights "
+                                "name such as imagenet)")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a file that is not a state dict
@@ -198,7 +199,7 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
     cfg.val_fraction both are parts of the training split. The classes are cfg.classes, or
     when empty :func:`resolve_classes`'s.
     """
-    transform = DetectionTransform(min_size=cfg.min_size, max_size=cfg.max_size, hflip=train and cfg.hflip)
+    transform = build_transform(cfg, train)
     role = split_role(cfg, split, train)
     holdout = Holdout(cfg.val_fraction, cfg.split_seed, role) if role and cfg.val_fraction > 0 else None
     options = dict(categories=cfg.categories, holdout=holdout, transform=transform, skip_bad_images=cfg.skip_bad_images,
@@ -217,6 +218,12 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
     if train and cfg.train_box_noise > 0:
         dataset.records, _ = corrupt_boxes(dataset.records, cfg.train_box_noise, cfg.train_box_noise_seed)
     return dataset
+
+
+def build_transform(cfg: DataConfig, train: bool) -> DetectionTransform:
+    """The resize of training and validation images (and of the images predictions are made
+    on); training images are also flipped when cfg.hflip."""
+    return DetectionTransform(min_size=cfg.min_size, max_size=cfg.max_size, hflip=train and cfg.hflip)
 
 
 def split_role(cfg: DataConfig, split: str, train: bool) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -16,11 +17,15 @@ from detector.model import GRADIENT_COLUMNS
 
 log = logging.getLogger(__name__)
 
+LOGGED_STATISTICS = ("count", "mean", "median", "p90", "p99", "max", "fraction_at_bound")
+
 
 class GradientStatistics(pl.Callback):
     """At every logging step, the |dl/dx| statistics of the module's gradient probes, one row
     per head appended to ``path`` (gradients.csv) and flushed, so an interrupted run keeps
-    them. Only rank 0 writes; a diverged step has no gradients to describe."""
+    them, and the same numbers to the trainer's loggers (``gradients/<head>/<statistic>``, e.g.
+    ``gradients/box_head/median`` in TensorBoard). Only rank 0 writes; a diverged step has no
+    gradients to describe."""
 
     def __init__(self, path: str | Path, every_n_steps: int):
         self.path = Path(path)
@@ -47,6 +52,11 @@ class GradientStatistics(pl.Callback):
             row = probe.statistics(step)
             if row is not None:
                 self._writer.writerow(row)
+                # fraction_at_bound is NaN for a loss without a bound (l2): nothing to plot.
+                values = {f"gradients/{row['head']}/{key}": float(row[key]) for key in LOGGED_STATISTICS
+                          if math.isfinite(row[key])}
+                for logger in trainer.loggers:
+                    logger.log_metrics(values, step=step)
         self._file.flush()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

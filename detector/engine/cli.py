@@ -47,10 +47,30 @@ FLAGS: dict[str, tuple[str, str, dict]] = {
     "--strategy": ("train.strategy", "Lightning strategy, e.g. ddp", {}),
     "--precision": ("train.precision", "auto (bf16 where the hardware has it natively), 32-true, 16-mixed or "
                     "bf16-mixed", {}),
+    "--score-thresh": ("model.box_score_thresh", "keep detections scoring above this", {"type": float}),
+    "--nms-thresh": ("model.box_nms_thresh", "IoU above which the box head's NMS removes a detection of the same class",
+                     {"type": float}),
+    "--max-detections": ("model.detections_per_image", "detections kept per image, best first", {"type": int}),
+    "--min-size": ("data.min_size", "resize: shorter image side to this many pixels", {"type": int}),
+    "--max-size": ("data.max_size", "resize: longer image side at most this many pixels", {"type": int}),
     "--out-dir": ("train.out_dir", "folder that receives run directories", {}),
     "--run-name": ("train.run_name", "run directory name", {}),
     "--threads": ("train.threads", "torch CPU threads", {"type": int}),
 }
+
+
+# Options a trained model runs with (evaluate.py, predict.py): loading, devices, post-processing, sizes.
+INFERENCE_FLAGS = ["--batch-size", "--num-workers", "--skip-bad-images", "--accelerator", "--devices", "--precision",
+                   "--threads", "--score-thresh", "--nms-thresh", "--max-detections", "--min-size", "--max-size"]
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, flags: list[str]) -> None:
+    """The checkpoint, ``--set`` and INFERENCE_FLAGS plus ``flags`` of a script that puts a
+    trained model to use; training fixed every other option (detector/engine/inference.py)."""
+    parser.add_argument("checkpoint", help="a .ckpt file or a run directory (its best checkpoint, else its last)")
+    add_set_argument(parser, "override post-processing, size, device or data options, "
+                             "e.g. --set model.rpn_post_nms_top_n_test=300")
+    add_flags(parser, flags + INFERENCE_FLAGS)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, flags: list[str] | None = None) -> None:

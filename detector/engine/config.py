@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import importlib.util
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +164,9 @@ class TrainConfig:
     deterministic: bool = False
     threads: int | None = None  # torch intra-op threads on the CPU; None = torch's default
     log_every_n_steps: int = 10
+    # Where losses, learning rate, AP and gradient statistics go: metrics.csv (csv), or
+    # TensorBoard event files as well (tensorboard; the report reads metrics.csv).
+    logger: str = "csv"  # csv | tensorboard
     gradient_stats: bool = True  # regression-gradient statistics at logging steps (gradients.csv)
     val_every_n_epochs: int = 5
     out_dir: str = "runs"
@@ -185,11 +190,29 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("cosine", "constant"),
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "train.precision": ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
+    "train.logger": ("csv", "tensorboard"),
 }
+
+
+# What data.root must hold for each reader, for the messages of a missing or wrong root.
+DATA_LAYOUTS = {
+    "coco": "annotations/instances_<split>.json (or <split>/_annotations.coco.json) and the images of <split>/",
+    "voc": "a VOCdevkit year (JPEGImages/, Annotations/*.xml, ImageSets/Main/<split>.txt) or a plain folder of "
+           "images with their XML files",
+}
+# The options that read a COCO annotation file wherever it lies, named where a JSON file is
+# given as data.root (one place, so the message follows the options' names).
+ANNOTATION_FILE_OPTION = ("data.train_annotations and data.val_annotations (with data.train_images and "
+                          "data.val_images for the image folders)")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``section.key`` -> value, for comparing two configurations option by option."""
+    return {f"{section}.{key}": value for section, values in to_dict(cfg).items() for key, value in values.items()}
 
 
 def from_dict(raw: dict[str, Any], source: str = "configuration") -> Config:
@@ -280,11 +303,26 @@ def set_value(cfg: Config, dotted: str, value: Any, source: str = "configuration
     section = getattr(cfg, section_name, None) if section_name in _sections() else None
     names = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
     if section is None or key not in names:
-        raise ConfigError(
-            f"{source}: unknown option '{dotted}'; valid options: {', '.join(valid_keys())}"
-        )
+        raise ConfigError(f"{source}: unknown option '{dotted}'{_did_you_mean(dotted)}")
     hint = typing.get_type_hints(type(section))[key]
     setattr(section, key, _coerce(value, hint, dotted, source))
+
+
+def _did_you_mean(dotted: str) -> str:
+    """The closest valid option and a short list to choose from: the keys of the section when
+    it exists (the whole list of every key would run over a kilobyte), else the sections."""
+    section_name, _, key = dotted.partition(".")
+    keys = valid_keys()
+    if section_name in _sections():
+        choices = [k.partition(".")[2] for k in keys if k.startswith(section_name + ".")]
+        # The same key in another section ("data.lr" -> "train.lr"), else a near spelling of a key here.
+        close = [k for k in keys if k.partition(".")[2] == key] or [
+            f"{section_name}.{k}" for k in difflib.get_close_matches(key, choices, n=1, cutoff=0.6)]
+        listing = f"(options of {section_name}: {', '.join(choices)})"
+    else:
+        close = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
+        listing = f"(sections: {', '.join(_sections())})"
+    return (f"; did you mean '{close[0]}'? " if close else " ") + listing
 
 
 def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
@@ -353,6 +391,7 @@ def validate(cfg: Config) -> None:
     check(d.min_size is None or d.min_size >= 32, "data.min_size", "empty or >= 32")
     check(d.max_size is None or d.max_size >= (d.min_size or 0), "data.max_size", ">= data.min_size")
     _check_data_sources(d)
+    _check_data_root(d)
     check(len(m.anchor_sizes) >= 1 and all(s > 0 for s in m.anchor_sizes), "model.anchor_sizes",
           "a non-empty list of positive sizes")
     check(len(m.aspect_ratios) >= 1 and all(r > 0 for r in m.aspect_ratios), "model.aspect_ratios",
@@ -373,14 +412,11 @@ def validate(cfg: Config) -> None:
     for key in ("rpn_nms_thresh", "box_nms_thresh", "box_score_thresh"):
         check(0 <= getattr(m, key) <= 1, f"model.{key}", "in [0, 1]")
     check(0 <= m.trainable_layers <= 5, "model.trainable_layers", "from 0 to 5")
-    if m.weights is not None:
+    if m.weights is not None:  # a name must be one of the trunk's; a file is read when a run starts
         try:
-            named = named_weights(m.backbone, m.weights)
+            named_weights(m.backbone, m.weights)
         except ValueError as exc:
             raise ConfigError(f"option 'model.weights': {exc}") from None
-        if named is None and not Path(m.weights).is_file():
-            raise ConfigError(f"option 'model.weights': file not found: {m.weights} (or give a torchvision "
-                              "weights name such as imagenet)")
     check(t.epochs >= 1 or t.max_steps > 0, "train.epochs", ">= 1 (or set train.max_steps)")
     check(t.lr > 0, "train.lr", "> 0")
     check(t.weight_decay >= 0, "train.weight_decay", ">= 0")
@@ -391,6 +427,10 @@ def validate(cfg: Config) -> None:
     check(t.val_every_n_epochs >= 1, "train.val_every_n_epochs", ">= 1")
     check(t.threads is None or t.threads >= 1, "train.threads", "empty or >= 1")
     check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "empty or > 0")
+    # Lightning's TensorBoardLogger writes with either package.
+    if t.logger == "tensorboard" and not any(importlib.util.find_spec(p) for p in ("tensorboard", "tensorboardX")):
+        raise ConfigError("option 'train.logger' is 'tensorboard' but the tensorboard package is not installed; "
+                          'install it with: pip install -e ".[tensorboard]"')
     # Loss names and parameters are checked by building them: the registry's errors list
     # the valid names and the parameters each loss accepts.
     for prefix, name, args in (("loss", cfg.loss.name, cfg.loss.args),
@@ -444,6 +484,21 @@ def _check_data_sources(d: DataConfig) -> None:
     if unknown:
         raise ConfigError(f"option 'data.categories' names {unknown[0]!r}, which is not in data.classes "
                           f"({', '.join(d.classes)})")
+
+
+def _check_data_root(d: DataConfig) -> None:
+    """A real dataset needs its folder; the shapes default is never one, and a JSON file is an
+    annotation file, not a folder."""
+    layout = DATA_LAYOUTS.get(d.name)
+    files_given = d.name == "coco" and all(
+        getattr(d, key) and Path(getattr(d, key)).is_absolute()
+        for key in ("train_annotations", "train_images", *(() if d.val_fraction > 0 else ("val_annotations", "val_images"))))
+    if layout and d.root == DataConfig.root and not files_given:
+        raise ConfigError(f"--data {d.name} needs the dataset's folder: give --data-root DIR (option 'data.root'), "
+                          f"the folder that holds {layout}")
+    if Path(d.root).suffix.lower() == ".json":
+        raise ConfigError(f"option 'data.root' is the annotation file {d.root}; data.root is the dataset's folder"
+                          f"{f' (holding {layout})' if layout else ''}; to read an annotation file use {ANNOTATION_FILE_OPTION}")
 
 
 def _check_torchvision_implementation(cfg: Config) -> None:

@@ -10,48 +10,40 @@ from typing import Any
 import torch
 
 from detector.data import collate
-from detector.engine import config as config_lib
 from detector.engine.build import build_dataset
 from detector.engine.config import Config, ConfigError
 from detector.engine.evaluation import format_metrics_table
+from detector.engine.inference import (
+    EVALUATION_DATA_OPTIONS,
+    POSTPROCESSING_OPTIONS,
+    RUNTIME_OPTIONS,
+    inference_config,
+    load_module,
+    postprocessing_record,
+)
 from detector.engine.io import atomic_write_json
-from detector.engine.module import DetectorModule
 from detector.engine.training import build_evaluator
 
 
 def evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """``scripts/evaluate.py``: the checkpoint's own configuration with the command line's data
-    options on top, evaluated on ``--split`` (default: its validation split)."""
-    checkpoint = find_checkpoint(args.checkpoint)
-    cfg = config_lib.from_args(args, base=config_lib.to_dict(checkpoint_config(checkpoint)))
+    """``scripts/evaluate.py``: the checkpoint's own configuration with the command line's data,
+    post-processing and device options on top, evaluated on ``--split`` (default: its
+    validation split). Any other option is refused, naming it."""
+    checkpoint, cfg = inference_config(args, POSTPROCESSING_OPTIONS + RUNTIME_OPTIONS + EVALUATION_DATA_OPTIONS,
+                                       "evaluate.py")
     split = args.split or cfg.data.val_split
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     out = Path(args.out) if args.out else run_dir / f"eval-{split}"
     return evaluate_checkpoint(checkpoint, cfg, split, out)
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A .ckpt file, or a run directory (its best checkpoint, else its last)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for candidate in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no checkpoint at {path} (expected a .ckpt file or a run directory with checkpoints/)")
-
-
-def checkpoint_config(checkpoint: Path) -> Config:
-    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    if "config" not in hparams:
-        raise ConfigError(f"{checkpoint}: not a checkpoint of this project (no configuration inside)")
-    return config_lib.from_dict(hparams["config"], source=str(checkpoint))
-
-
 def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path) -> dict[str, Any]:
-    """Run the checkpoint over ``split`` of ``cfg.data``; write metrics.json and detections."""
+    """Run the checkpoint over ``split`` of ``cfg.data`` with ``cfg``'s post-processing; write
+    metrics.json (with the post-processing it used) and detections.json."""
     started = time.perf_counter()
-    module = DetectorModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    module = load_module(checkpoint, cfg)
     dataset = build_dataset(cfg.data, split, train=False)
     if list(dataset.class_names) != module.class_names or dataset.label_to_category_id != module.label_to_category_id:
         raise ConfigError(
@@ -68,6 +60,7 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path
         "status": "completed",
         "checkpoint": str(checkpoint),
         "dataset": {"name": cfg.data.name, "root": cfg.data.root, "split": split, "num_images": len(dataset)},
+        "postprocessing": postprocessing_record(cfg),
         "val": module.last_metrics,
         "timings": {"total_s": round(time.perf_counter() - started, 2)},
     }

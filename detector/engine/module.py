@@ -1,4 +1,5 @@
-"""LightningModule: loss sum, logging, optimiser and schedule, validation -> COCO evaluation."""
+"""LightningModule: loss sum, logging, optimiser and schedule, validation -> COCO evaluation,
+prediction on image files."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from detector.data import boxes_to_original
 from detector.engine.build import attach_gradient_probes, build_model
 from detector.engine.config import Config, from_dict, to_dict
 from detector.engine.evaluation import detections_to_coco_results, evaluate_coco, evaluate_voc
@@ -39,6 +41,8 @@ class DetectorModule(pl.LightningModule):
         self.last_results: list[dict[str, Any]] = []
         self.last_metrics_step = -1
         self._val_detections: list[dict[str, Any]] = []
+        self._predictions: list[dict[str, Any]] = []
+        self.last_predictions: list[dict[str, Any]] = []
         self.diverged: dict[str, Any] | None = None  # set at the first non-finite loss
         self._last_finite_losses: dict[str, float] | None = None
 
@@ -118,21 +122,21 @@ class DetectorModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
+        self._val_detections += self.detect(images, targets)
+
+    def detect(self, images: list[Tensor], infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Detections of images resized as validation does, in the pixels of the original files
+        (where the ground truth lives): one dict per image with its ``image_id``, ``boxes``
+        (D, 4) xyxy, ``scores`` (D,) and ``labels`` (D,) 1..K, on the CPU."""
         detections = self.model(images)
-        for image, detection, target in zip(images, detections, targets):
-            # Back to the pixels of the original file, where the ground truth lives. Per axis:
-            # resizing rounds each side, so one scalar scale would be off by up to a pixel.
-            (height, width), (orig_height, orig_width) = image.shape[-2:], target["orig_size"]
-            to_original = detection["boxes"].new_tensor([orig_width / width, orig_height / height] * 2)
-            self._val_detections.append({
-                "image_id": int(target["image_id"]),
-                "boxes": (detection["boxes"] * to_original).cpu(),
-                "scores": detection["scores"].cpu(),
-                "labels": detection["labels"].cpu(),
-            })
+        return [{"image_id": int(info["image_id"]),
+                 "boxes": boxes_to_original(detection["boxes"], image.shape[-2:], info["orig_size"]).cpu(),
+                 "scores": detection["scores"].cpu(),
+                 "labels": detection["labels"].cpu()}
+                for image, detection, info in zip(images, detections, infos)]
 
     def on_validation_epoch_end(self) -> None:
-        detections = self._gather_detections()
+        detections = self._gather(self._val_detections)
         results = detections_to_coco_results(detections, self.label_to_category_id)
         metrics = evaluate_coco(self.val_dataset.coco, results, self.class_names, self.label_to_category_id,
                                 image_ids=self.val_dataset.image_ids)
@@ -147,18 +151,35 @@ class DetectorModule(pl.LightningModule):
         self.log("val/AP", logged.pop("val/AP"), prog_bar=True)
         self.log_dict(logged)
 
-    def _gather_detections(self) -> list[dict[str, Any]]:
-        """Every rank's detections, each image once.
+    # --- prediction (scripts/predict.py) ---------------------------------------------------
+
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = []
+
+    def predict_step(self, batch: tuple[list[Tensor], list[dict], list[dict]], batch_idx: int) -> list[dict[str, Any]]:
+        """A batch of :class:`~detector.data.ImageFiles`: its images' infos with their detections,
+        and the infos (with their ``error``) of the files left out, gathered in ``last_predictions``."""
+        images, infos, left_out = batch
+        # Every image of the batch may have been left out.
+        entries = left_out + ([{**info, **detection} for info, detection in zip(infos, self.detect(images, infos))]
+                              if images else [])
+        self._predictions += entries
+        return entries
+
+    def on_predict_epoch_end(self) -> None:
+        self.last_predictions = self._gather(self._predictions)
+
+    def _gather(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every rank's entries (one per image, with its ``image_id``), each image once, by id.
 
         A DistributedSampler pads the dataset by repeating images so that ranks get equal
         shares; the repeats would count as false positives, so duplicates are dropped by id.
         """
-        detections = self._val_detections
         if self.trainer is not None and self.trainer.world_size > 1:
             gathered: list[list[dict[str, Any]] | None] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, detections)
-            detections = [d for part in gathered for d in part]
+            torch.distributed.all_gather_object(gathered, entries)
+            entries = [e for part in gathered for e in part]
         unique: dict[int, dict[str, Any]] = {}
-        for detection in detections:
-            unique.setdefault(detection["image_id"], detection)
+        for entry in entries:
+            unique.setdefault(entry["image_id"], entry)
         return [unique[i] for i in sorted(unique)]

@@ -29,9 +29,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from detector.engine import config as config_lib
 from detector.engine.build import load_trunk_weights, regression_loss_records, resolve_classes
@@ -93,10 +93,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, partial, storage_options)
 
 
+def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
+    """metrics.csv always (the comparison report reads it); TensorBoard event files in the run
+    directory as well with train.logger=tensorboard, so ``tensorboard --logdir runs`` shows
+    every run under its directory's name."""
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if cfg.train.logger == "tensorboard":
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False))
+    return loggers
+
+
 def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) -> pl.Trainer:
     t = cfg.train
     checkpoints = run_dir / "checkpoints"
-    return pl.Trainer(
+    return _trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
@@ -108,7 +118,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) 
         log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.grad_clip,
         deterministic=t.deterministic,
-        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
+        logger=build_loggers(cfg, run_dir),
         callbacks=[
             ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/AP", mode="max",
                             save_last=True, auto_insert_metric_name=False),
@@ -130,9 +140,19 @@ def build_evaluator(cfg: Config) -> pl.Trainer:
     """A Trainer for validation only: no logger (Lightning's CSV logger would start
     metrics.csv afresh) and no checkpointing."""
     t = cfg.train
-    return pl.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-                      precision=t.precision, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=t.progress, enable_model_summary=False)
+    return _trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                    precision=t.precision, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=t.progress, enable_model_summary=False)
+
+
+def _trainer(**options: Any) -> pl.Trainer:
+    """A Trainer; Lightning refusing the train.* options (a GPU asked for where there is none, an
+    unknown strategy) is a user error, reported before anything is written."""
+    try:
+        return pl.Trainer(**options)
+    except (MisconfigurationException, ValueError) as exc:
+        raise ConfigError(f"the Trainer options (train.accelerator, train.devices, train.num_nodes, train.strategy, "
+                          f"train.precision) cannot be used here: {exc}") from None
 
 
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
@@ -154,6 +174,11 @@ class RunRecord:
 def train(cfg: Config, *, resume: bool = False) -> Path:
     """Train as configured; return the run directory (metrics.json says how it went).
 
+    Everything that can fail on the user's input (data roots, annotation files, categories,
+    images, trunk weights, Trainer options) is checked before the run directory exists, so a
+    failed start leaves nothing behind; a failure after that marks the run ``failed`` with the
+    error, never leaving it ``running``.
+
     ``resume``: continue the interrupted run in the configured run directory from its newest
     checkpoint: the model, optimiser, schedule, loop counters, random generators and the
     position in the epoch are restored, so the result equals an uninterrupted run's.
@@ -166,49 +191,65 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     resolve_precision(cfg)
     cfg.data.classes = resolve_classes(cfg.data)  # fixed before training, recorded in config.yaml
     run_dir = Path(t.out_dir) / (t.run_name or default_run_name(cfg))
-    checkpoint, previous = prepare_resume(run_dir) if resume else (None, {})
-    # Before anything is written: weights that cannot be had or do not fit stop here.
+    checkpoint = resume_checkpoint(run_dir) if resume else None
+    previous = json.loads((run_dir / "metrics.json").read_text()) if resume else {}
+
+    # Weights that cannot be had or do not fit, and data that cannot be read, stop here.
     trunk_state = None if resume else load_trunk_weights(cfg.model)
+    data = DetectionDataModule(cfg.data, seed=t.seed)
+    data.setup("fit")  # reads both datasets (the shapes dataset is generated on first use)
+    data_ready = time.perf_counter()
+    module = DetectorModule.from_config(cfg, data.train_dataset, trunk_state)
+    module.val_dataset = data.val_dataset
     stop = StopOnSignal(run_dir / "checkpoints" / INTERRUPTED_CHECKPOINT)
     gradients = GradientStatistics(run_dir / "gradients.csv", t.log_every_n_steps) if t.gradient_stats else None
     trainer = build_trainer(cfg, run_dir, callbacks=[stop, *([gradients] if gradients else [])])
     record = RunRecord(run_dir / "metrics.json", enabled=trainer.is_global_zero,
-                       status="running", run_dir=str(run_dir), config=config_lib.to_dict(cfg))
+                       status="running", run_dir=str(run_dir), config=config_lib.to_dict(cfg),
+                       **({"resumed_from": str(checkpoint)} if checkpoint else {}),
+                       loss=regression_loss_records(cfg), num_train_images=len(data.train_dataset),
+                       num_val_images=len(data.val_dataset), class_names=module.class_names)
     if trainer.is_global_zero:  # only rank 0 writes the run directory's files
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_lib.save(cfg, run_dir / "config.yaml")
-    record.save(**({"resumed_from": str(checkpoint)} if checkpoint else {}))
+    try:
+        if trainer.is_global_zero:
+            config_lib.save(cfg, run_dir / "config.yaml")
+            if cfg.data.val_fraction > 0:  # the held-out images, by name
+                atomic_write_text(run_dir / "val_images.txt", "".join(
+                    f"{image['file_name']}\n" for image in data.val_dataset.coco.dataset["images"]))
+        record.save()
+        if checkpoint is not None:
+            set_metrics_csv_aside(run_dir)
+            data.resume_global_step = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+            record.fields["resumed_from_step"] = data.resume_global_step
+        return fit_and_record(trainer, module, data, record, checkpoint, stop,
+                              timings={"data_s": round(data_ready - started, 2), "started": started,
+                                       "earlier_train_s": previous.get("timings", {}).get("train_s", 0.0)})
+    except BaseException as exc:
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))  # a second Ctrl-C: stop at once
+        record.save(status="interrupted" if interrupted else "failed", steps=trainer.global_step,
+                    **({} if interrupted else {"error": f"{type(exc).__name__}: {exc}"}))
+        raise
 
-    data = prepare_data(cfg, record)
-    if cfg.data.val_fraction > 0 and trainer.is_global_zero:
-        atomic_write_text(run_dir / "val_images.txt",
-                          "".join(f"{image['file_name']}\n" for image in data.val_dataset.coco.dataset["images"]))
-    data_ready = time.perf_counter()
-    module = DetectorModule.from_config(cfg, data.train_dataset, trunk_state)
-    module.val_dataset = data.val_dataset
-    record.fields.update(loss=regression_loss_records(cfg), num_train_images=len(data.train_dataset),
-                         num_val_images=len(data.val_dataset), class_names=module.class_names)
-    if checkpoint is not None:
-        data.resume_global_step = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
-        record.fields["resumed_from_step"] = data.resume_global_step
 
+def fit_and_record(trainer: pl.Trainer, module: DetectorModule, data: DetectionDataModule, record: RunRecord,
+                   checkpoint: Path | None, stop: StopOnSignal, timings: dict[str, float]) -> Path:
+    """Train (from ``checkpoint`` when resuming), validate the final model and write the run's
+    results; ``timings`` holds the data time, the start time and the training time of the run
+    before a resume."""
+    run_dir = Path(record.fields["run_dir"])
+    fit_started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(checkpoint) if checkpoint else None)
     except SIGTERMException:
         # Lightning stops the loop on SIGTERM (on every rank) after the step in which the
         # StopOnSignal callback saved the checkpoint: the interrupted-run path below records it.
         pass
-    except BaseException as exc:
-        # Never leave a run directory that says "running" (or worse) for a run that failed.
-        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))  # a second Ctrl-C: stop at once
-        record.save(status="interrupted" if interrupted else "failed", steps=trainer.global_step,
-                    **({} if interrupted else {"error": f"{type(exc).__name__}: {exc}"}))
-        raise
     finally:
         if checkpoint is not None and trainer.is_global_zero:
             _merge_metrics_csv(run_dir, until_step=data.resume_global_step)
     trained = time.perf_counter()
-    train_s = round(trained - data_ready + previous.get("timings", {}).get("train_s", 0.0), 2)
+    train_s = round(trained - fit_started + timings["earlier_train_s"], 2)
     if module.diverged is not None:
         record.save(status="diverged", diverged_at_step=module.diverged["step"], steps=module.diverged["step"],
                     divergence=module.diverged, timings={"train_s": train_s})
@@ -230,10 +271,10 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         "best_val_AP": float(best.best_model_score) if best.best_model_score is not None else None,
         "checkpoints": {"best": _relative(best.best_model_path, run_dir), "last": _relative(best.last_model_path, run_dir)},
         "timings": {
-            "data_s": round(data_ready - started, 2),
+            "data_s": timings["data_s"],
             "train_s": train_s,
             "final_eval_s": round(evaluated - trained, 2),
-            "total_s": round(time.perf_counter() - started + previous.get("timings", {}).get("train_s", 0.0), 2),
+            "total_s": round(time.perf_counter() - timings["started"] + timings["earlier_train_s"], 2),
         },
     })
     if trainer.is_global_zero:
@@ -262,18 +303,6 @@ def train_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
     return train(cfg, resume=True)
 
 
-def prepare_data(cfg: Config, record: RunRecord) -> DetectionDataModule:
-    """The data module with both datasets read (the shapes dataset generated on first use); a
-    dataset that cannot be read marks the run failed before training."""
-    data = DetectionDataModule(cfg.data, seed=cfg.train.seed)
-    try:
-        data.setup("fit")
-    except BaseException as exc:
-        record.save(status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    return data
-
-
 def validate_final_model(trainer: pl.Trainer, module: DetectorModule, data: DetectionDataModule,
                          run_dir: Path) -> ModelCheckpoint:
     """Validate the final model unless the last validation inside fit() already did, and keep
@@ -290,15 +319,11 @@ def validate_final_model(trainer: pl.Trainer, module: DetectorModule, data: Dete
     return best
 
 
-def prepare_resume(run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint an interrupted run continues from and its earlier metrics.json; moves its
-    metrics.csv aside, because Lightning's CSV logger deletes an existing one when it opens the
-    folder (``_merge_metrics_csv`` puts the rows back)."""
-    checkpoint = resume_checkpoint(run_dir)
-    previous = json.loads((run_dir / "metrics.json").read_text())
+def set_metrics_csv_aside(run_dir: Path) -> None:
+    """Lightning's CSV logger deletes an existing metrics.csv when it opens the folder: a
+    resumed run moves it aside (``_merge_metrics_csv`` puts the rows back)."""
     if (run_dir / "metrics.csv").is_file():
         os.replace(run_dir / "metrics.csv", run_dir / EARLIER_METRICS)
-    return checkpoint, previous
 
 
 EARLIER_METRICS = ".metrics-before-resume.csv"

@@ -21,7 +21,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -47,10 +46,9 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
         cells = plan(args.losses, args.seeds, args.noise)
         base = config_lib.from_args(args)
         base.data.classes = resolve_classes(base.data)  # one list for every cell
-        resolve_precision(base)  # as each cell's training will, so that finished cells match
         run_dirs = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs,
                                 train_command=[sys.executable, str(TRAIN_SCRIPT)])
-    return write_report(run_dirs, args.out, command, baseline=args.baseline)
+    return write_report(run_dirs, args.out, command, baseline=args.baseline, fmt=args.format)
 
 
 @dataclass(frozen=True)
@@ -103,12 +101,12 @@ def config_differences(wanted: Config, run_dir: str | Path) -> list[str]:
     ``key: run value != wanted value``; options in IGNORED_IN_MATCH do not count."""
     found = config_lib.load(Path(run_dir) / "config.yaml")
     differences = []
-    for key, value in _flatten(config_lib.to_dict(wanted)).items():
+    theirs = config_lib.flatten(found)
+    for key, value in config_lib.flatten(wanted).items():
         if key in IGNORED_IN_MATCH:
             continue
-        theirs = _flatten(config_lib.to_dict(found)).get(key)
-        if theirs != value:
-            differences.append(f"{key}: {theirs!r} != {value!r}")
+        if theirs[key] != value:
+            differences.append(f"{key}: {theirs[key]!r} != {value!r}")
     return differences
 
 
@@ -122,15 +120,15 @@ def check_reusable(cfg: Config, run_dir: Path) -> None:
         )
 
 
-def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
-
-
 def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int | None,
                  train_command: list[str]) -> list[Path]:
     """Train every unfinished cell in a process of its own, ``train_command + ["--config",
     config.yaml]``, or ``train_command + ["--resume", run_dir]`` for a run that was interrupted
     after saving a checkpoint; return all cells' run directories in matrix order."""
+    # A run records the precision it resolved train.precision=auto to; resolved here the same
+    # way, a finished run matches the configuration that made it.
+    base = config_lib.from_dict(config_lib.to_dict(base))
+    resolve_precision(base)
     configs = {cell: cell_config(base, cell, runs_dir) for cell in cells}
     todo = []
     for cell in cells:
@@ -145,13 +143,19 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
     progress.show()
     free_gpus = list(range(gpus))
     lock = threading.Lock()
+    cannot_start = threading.Event()  # a cell that cannot start: the others would not either
 
     def run(cell: Cell) -> None:
+        if cannot_start.is_set():
+            return
         with lock:
             gpu = free_gpus.pop(0) if free_gpus else None
             progress.started(cell)
         try:
             train_cell(configs[cell], runs_dir / cell.name, train_command, gpu=gpu, quiet=jobs > 1)
+        except ConfigError:
+            cannot_start.set()
+            raise
         finally:
             with lock:
                 if gpu is not None:
@@ -165,12 +169,14 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
 
 
 def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int | None, quiet: bool) -> None:
-    """One training process for the cell. A failed or diverged run is recorded in
-    its run directory (and shown in the report), so it does not stop the matrix."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
+    """One training process for the cell. A failed or diverged run is recorded in its run
+    directory (and shown in the report), so it does not stop the matrix; a run that cannot
+    start (its data or weights cannot be read) stops it, since every other cell would fail
+    the same way. The cell's configuration goes to a file beside the run directory, which
+    only training creates, so a failed start leaves no directory behind."""
     if quiet:  # parallel runs: each run's output goes to its own log instead of the terminal
         cfg.train.progress = False
+    config_path = run_dir.parent / f".{run_dir.name}.yaml"
     config_lib.save(cfg, config_path)
     env = dict(os.environ)
     if gpu is not None:
@@ -178,11 +184,20 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
     command = [*train_command, "--config", str(config_path)]
     if run_status(run_dir) == "interrupted" and any((run_dir / "checkpoints").glob("*.ckpt")):
         command = [*train_command, "--resume", str(run_dir)]  # continue where it was stopped
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    try:
+        if quiet:
+            with open(log_path, "w") as log:
+                result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        else:
+            result = subprocess.run(command, env=env, check=False)
+    finally:
+        config_path.unlink(missing_ok=True)
+    if run_status(run_dir) == "missing":
+        where = f"; its output is in {log_path}" if quiet else " (its error is above)"
+        raise ConfigError(f"{run_dir.name} could not start (exit status {result.returncode}){where}")
     if quiet:
-        with open(run_dir / "train.log", "w") as log:
-            subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    else:
-        subprocess.run(command, env=env, check=False)
+        os.replace(log_path, run_dir / "train.log")
 
 
 class MatrixProgress:

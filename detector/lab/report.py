@@ -13,6 +13,7 @@ per-seed differences, so seed-to-seed variation that both losses share cancels o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -25,7 +26,8 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from detector.engine import atomic_write_json, atomic_write_text, build_dataset, read_csv_rows
-from detector.engine.config import from_dict
+from detector.engine.config import ConfigError, DataConfig, from_dict
+from detector.engine.drawing import class_colour
 from detector.lab.plots import (
     plot_ap_vs_iou,
     plot_ap_vs_noise,
@@ -64,6 +66,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "seed": config.get("train", {}).get("seed"),
         "noise": float(config.get("data", {}).get("train_box_noise", 0.0)),
         "dataset": config.get("data", {}).get("name"),
+        "data": config.get("data", {}),
         "status": metrics.get("status", "unknown"),
         "steps": metrics.get("steps"),
         "diverged_at_step": metrics.get("diverged_at_step"),
@@ -245,48 +248,89 @@ def gradient_summary(conditions: list[Condition]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, baseline: str = "smooth_l1") -> Path:
-    """report.md (tables and plots), results.csv (one row per run) and results.json in ``out_dir``."""
+# The options that say which images a run was trained and scored on. data.root is compared by
+# its last folder name: runs made on different machines keep the same dataset in other places.
+DATASET_OPTIONS = ("name", "root", "train_split", "val_split", "categories", "classes", "max_train_images",
+                   "max_val_images", "val_fraction", "split_seed", "train_annotations", "train_images",
+                   "val_annotations", "val_images", "image_folder", "annotation_folder")
+# The bundled dataset is generated: these make it another dataset.
+SHAPES_OPTIONS = ("shapes_image_size", "shapes_num_train", "shapes_num_val", "shapes_seed")
+
+
+def check_same_dataset(rows: list[dict[str, Any]]) -> None:
+    """Refuse to compare runs of different datasets, naming the first option that differs."""
+    defaults = dataclasses.asdict(DataConfig())  # runs made before an option existed had its default
+
+    def identity(row: dict[str, Any]) -> dict[str, Any]:
+        data = row["data"]
+        keys = DATASET_OPTIONS + (SHAPES_OPTIONS if data.get("name") == "shapes" else ())
+        values = {f"data.{key}": data.get(key, defaults[key]) for key in keys}
+        values["data.root"] = Path(str(data.get("root"))).name if data.get("root") else None
+        return values
+
+    first = identity(rows[0]) if rows else {}
+    for row in rows[1:]:
+        for key, value in identity(row).items():
+            if value != first.get(key):
+                raise ConfigError(f"{row['path']} and {rows[0]['path']} were made on different datasets "
+                                  f"({key}: {value!r} != {first.get(key)!r}); a report compares runs of one dataset")
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, baseline: str = "smooth_l1",
+                 fmt: str = "png") -> Path:
+    """report.md (tables and figures in format ``fmt``: png, pdf or svg), results.csv (one row
+    per run) and results.json in ``out_dir``."""
     out_dir = Path(out_dir)
     rows = [load_run(d) for d in run_dirs]
+    check_same_dataset(rows)
     conditions = group_runs(rows)
     summary = summarise(conditions, baseline)
     with_voc = any(r["VOC_AP50"] is not None for r in rows)
     seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
+    single = all(len(c.completed) <= 1 for c in conditions)
+    over_seeds = "single runs (one seed per condition)" if single else "mean over seeds"
+
+    def figure(name: str, caption: str) -> str:
+        return f"![{caption}]({name}.{fmt})"
+
     sections = [
         "# Regression-loss comparison",
         f"Made by `{command}` from {len(rows)} run directories (seeds {', '.join(map(str, seeds))}).",
         "## Summary",
-        f"Mean ± standard deviation over the completed seeds of each condition. Δ: mean of the per-seed "
-        f"differences to {baseline} at the same noise level, with its 95% Student-t interval (paired by seed); "
-        "an interval that contains 0 means the seeds cannot tell the two losses apart. AP90: AP at IoU 0.9.",
+        ("One completed seed per condition: single runs, without a standard deviation or an interval. "
+         if single else "Mean ± standard deviation over the completed seeds of each condition (a single value: "
+                        "one completed seed). ") +
+        f"Δ: mean of the per-seed differences to {baseline} at the same noise level, with its 95% Student-t "
+        "interval (paired by seed); an interval that contains 0 means the seeds cannot tell the two losses apart. "
+        "AP90: AP at IoU 0.9.",
         summary_table(summary, baseline, with_voc),
         "## AP against IoU threshold",
-        "![AP against IoU threshold](ap_vs_iou.png)",
+        figure("ap_vs_iou", "AP against IoU threshold"),
     ]
     plot_ap_vs_iou({c.label: [r["ap_per_iou"] for r in c.completed if r["ap_per_iou"]] for c in conditions},
-                   out_dir / "ap_vs_iou.png")
+                   out_dir / f"ap_vs_iou.{fmt}")
     if len({c.noise for c in conditions}) > 1:
-        plot_ap_vs_noise(_noise_points(conditions), out_dir / "ap_vs_noise.png")
+        plot_ap_vs_noise(_noise_points(conditions), out_dir / f"ap_vs_noise.{fmt}")
         sections += ["## AP against box noise",
                      "Training boxes displaced as outlier labels (`--train-box-noise`); validation is clean.",
-                     "![AP against box noise](ap_vs_noise.png)"]
-    if plot_training_curves(_run_tables(conditions, "metrics.csv"), out_dir / "training.png"):
-        sections += ["## Training", "Training losses (smoothed) and validation AP during training, mean over seeds.",
-                     "![training curves](training.png)"]
-    if plot_gradient_statistics(_run_tables(conditions, "gradients.csv"), out_dir / "gradients.png"):
+                     figure("ap_vs_noise", "AP against box noise")]
+    if plot_training_curves(_run_tables(conditions, "metrics.csv"), out_dir / f"training.{fmt}"):
+        sections += ["## Training", f"Training losses (smoothed) and validation AP at each evaluation, {over_seeds}.",
+                     figure("training", "training curves")]
+    if plot_gradient_statistics(_run_tables(conditions, "gradients.csv"), out_dir / f"gradients.{fmt}"):
         sections += ["## Regression gradients during training",
-                     "|dl/dx| of the foreground regression outputs (median solid, p99 dashed; mean over seeds) "
+                     f"|dl/dx| of the foreground regression outputs (median solid, p99 dashed; {over_seeds}) "
                      "and the fraction of outputs at the loss's gradient bound.",
-                     "![gradient statistics](gradients.png)",
+                     figure("gradients", "gradient statistics"),
                      f"First seed of each condition, averaged over the first and the last {GRADIENT_WINDOW} "
                      "logged steps:",
                      gradient_summary(conditions)]
-    examples = write_examples(conditions, out_dir / "examples.jpg")
+    examples = write_examples(conditions, out_dir / f"examples.{fmt}")
     if examples:
         sections += ["## Example validation images",
-                     f"Ground truth (green) and each condition's detections with score ≥ 0.5 (first seed): {examples}.",
-                     "![example detections](examples.jpg)"]
+                     f"Ground truth and each condition's detections with score ≥ {EXAMPLE_SCORE} (first seed), in "
+                     f"one colour per class: {examples}.",
+                     figure("examples", "example detections")]
     sections += ["## Every run", run_table(rows, with_voc)]
     atomic_write_text(out_dir / "report.md", "\n\n".join(sections) + "\n")
 
@@ -300,7 +344,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
         "command": command,
         "baseline": baseline,
         "summary": [_jsonable(row) for row in summary],
-        "runs": [{k: v for k, v in r.items() if k != "path"} for r in rows],
+        "runs": [{k: v for k, v in r.items() if k not in ("path", "data")} for r in rows],
     })
     return out_dir / "report.md"
 
@@ -336,7 +380,8 @@ def write_examples(conditions: list[Condition], path: Path) -> str | None:
         return None
     try:
         data_cfg = from_dict(json.loads((Path(runs[0][1]["path"]) / "metrics.json").read_text())["config"]).data
-        data_cfg.max_val_images = None
+        # Every image at its stored size, where the boxes of detections_val.json lie.
+        data_cfg.max_val_images = data_cfg.min_size = data_cfg.max_size = None
         dataset = build_dataset(data_cfg, data_cfg.val_split, train=False)
     except Exception as exc:  # noqa: BLE001 - any reason the data cannot be read only drops the figure
         logger.warning("example images left out of the report: the validation data cannot be read (%s)", exc)
@@ -346,19 +391,22 @@ def write_examples(conditions: list[Condition], path: Path) -> str | None:
     chosen = [i for i in sorted(index_of) if len(coco.getAnnIds(imgIds=[i], iscrowd=None)) >= EXAMPLE_MIN_OBJECTS]
     chosen = (chosen or sorted(index_of))[:EXAMPLE_IMAGES]
     names = {cat["id"]: cat["name"] for cat in coco.dataset["categories"]}
+    # The colours of predict.py's drawn images: one per class, by its contiguous label.
+    colours = {category: class_colour(label) for label, category in dataset.label_to_category_id.items()}
     detections: list[dict[int, list[Any]]] = []
     for _, run in runs:
         by_image: dict[int, list[Any]] = {}
         for det in json.loads((Path(run["path"]) / "detections_val.json").read_text()):
             if det["score"] >= EXAMPLE_SCORE:
                 text = f"{names.get(det['category_id'], '?')} {det['score']:.2f}"
-                by_image.setdefault(det["image_id"], []).append((det["bbox"], text))
+                by_image.setdefault(det["image_id"], []).append((det["bbox"], text, colours.get(det["category_id"], "grey")))
         detections.append(by_image)
     images, boxes = [], []
     for image_id in chosen:
         image, _ = dataset[index_of[image_id]]  # uint8 (3, H, W) at the stored size
         images.append(image.permute(1, 2, 0).numpy())
-        truth = [(a["bbox"], names[a["category_id"]]) for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))]
+        truth = [(a["bbox"], names[a["category_id"]], colours.get(a["category_id"], "grey"))
+                 for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))]
         boxes.append([truth, *(by_image.get(image_id, []) for by_image in detections)])
     titles = [f"ground truth (id {chosen[0]})", *(c.label for c, _ in runs)]
     plot_examples(images, titles, boxes, path)

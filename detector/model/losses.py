@@ -13,6 +13,7 @@ A user's own loss is selected as ``package.module:function`` (see ``resolve``).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import math
@@ -96,9 +97,14 @@ def resolve(name: str) -> _Entry:
         return _Entry(fn, space, float(getattr(fn, "default_weight", 1.0)),
                       getattr(fn, "gradient_bound", None))
     raise KeyError(
-        f"unknown regression loss '{name}'; valid losses: {', '.join(sorted(REGISTRY))} "
+        f"unknown regression loss '{name}'{_did_you_mean(name, REGISTRY)}; valid losses: {', '.join(sorted(REGISTRY))} "
         "(or package.module:function for your own)"
     )
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def build_loss(name: str, args: dict | None = None) -> RegressionLoss:
@@ -114,7 +120,8 @@ def build_loss(name: str, args: dict | None = None) -> RegressionLoss:
     unknown = sorted(set(args) - set(accepted))
     if unknown:
         raise TypeError(
-            f"regression loss '{name}' has no parameter {', '.join(map(repr, unknown))}; "
+            f"regression loss '{name}' has no parameter {', '.join(map(repr, unknown))}"
+            f"{_did_you_mean(unknown[0], accepted)}; "
             f"its parameters: {', '.join(accepted) or 'none'}"
         )
     params = {k: v for k, v in accepted.items() if v is not inspect.Parameter.empty}

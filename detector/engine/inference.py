@@ -1,0 +1,83 @@
+"""A trained checkpoint put to use (``evaluate.py``, ``predict.py``): finding it, its own
+configuration, and the options that may change after training.
+
+A checkpoint carries the configuration it was trained with. Post-processing (score and NMS
+thresholds, detections per image, the RPN's test-time proposal counts) and the test-time image
+sizes apply to a trained model as they are; so do how it runs (accelerator, devices, precision)
+and, for an evaluation, which data it is scored on. Every other option was fixed by training:
+giving one is refused by name, never accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detector.engine import config as config_lib
+from detector.engine.config import Config, ConfigError
+from detector.engine.module import DetectorModule
+from detector.engine.training import resolve_precision
+
+POSTPROCESSING_OPTIONS = (
+    "model.box_score_thresh", "model.box_nms_thresh", "model.detections_per_image",
+    "model.rpn_pre_nms_top_n_test", "model.rpn_post_nms_top_n_test", "data.min_size", "data.max_size",
+)
+RUNTIME_OPTIONS = ("train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.precision",
+                   "train.progress", "train.threads", "data.batch_size", "data.num_workers", "data.skip_bad_images")
+# The evaluation's data: the dataset, where its files are, its validation split (or the held-out
+# part of the training split) and subset; the shapes set is generated. The classes are the
+# checkpoint's: evaluation refuses data whose classes differ.
+EVALUATION_DATA_OPTIONS = ("data.name", "data.root", "data.train_split", "data.val_split", "data.categories",
+                           "data.max_val_images", "data.val_fraction", "data.split_seed", "data.train_annotations",
+                           "data.train_images", "data.val_annotations", "data.val_images", "data.image_folder",
+                           "data.annotation_folder", "data.shapes_image_size", "data.shapes_num_train",
+                           "data.shapes_num_val", "data.shapes_seed")
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A .ckpt file, or a run directory (its best checkpoint, else its last)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for candidate in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no checkpoint at {path} (expected a .ckpt file or a run directory with checkpoints/)")
+
+
+def checkpoint_config(checkpoint: Path) -> Config:
+    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    if "config" not in hparams:
+        raise ConfigError(f"{checkpoint}: not a checkpoint of this project (no configuration inside)")
+    return config_lib.from_dict(hparams["config"], source=str(checkpoint))
+
+
+def inference_config(args: argparse.Namespace, allowed: tuple[str, ...], script: str) -> tuple[Path, Config]:
+    """The checkpoint of ``args.checkpoint`` and its configuration with the command line's
+    options on top; an option outside ``allowed`` that differs from training is a ConfigError
+    naming it."""
+    checkpoint = find_checkpoint(args.checkpoint)
+    trained = checkpoint_config(checkpoint)
+    cfg = config_lib.from_args(args, base=config_lib.to_dict(trained))
+    fixed = [key for key, value in config_lib.flatten(cfg).items()
+             if key not in allowed and value != config_lib.flatten(trained)[key]]
+    if fixed:
+        raise ConfigError(f"{', '.join(fixed)} cannot apply to a trained model (training fixed "
+                          f"{'it' if len(fixed) == 1 else 'them'}); {script} applies: {', '.join(allowed)}")
+    resolve_precision(cfg)  # a GPU run's mixed precision, used on a CPU: fp32, as training would
+    return checkpoint, cfg
+
+
+def load_module(checkpoint: Path, cfg: Config) -> DetectorModule:
+    """The checkpoint's weights in a module built with ``cfg``: its post-processing options
+    are the ones the detections are made with."""
+    return DetectorModule.load_from_checkpoint(checkpoint, map_location="cpu", config=config_lib.to_dict(cfg))
+
+
+def postprocessing_record(cfg: Config) -> dict[str, Any]:
+    """The post-processing and test-time sizes a result was made with, as outputs record them."""
+    flat = config_lib.flatten(cfg)
+    return {key: flat[key] for key in POSTPROCESSING_OPTIONS}
