@@ -9,7 +9,7 @@ import pytest
 
 from detector.engine import config as config_lib
 from detector.engine.config import Config, ConfigError
-from detector.lab.compare import Cell, cell_config, check_reusable, config_differences, plan, train_matrix
+from detector.lab.compare import Cell, cell_config, check_reusable, config_differences, parse_loss_spec, plan, train_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,24 @@ def test_plan_orders_noise_then_seed_then_loss():
     assert Cell("pkg.mod:loss", 3, 0.0).name == "pkg.mod.loss-seed3"
     with pytest.raises(ConfigError, match="at least one loss"):
         plan([], [0], [0.0])
+
+
+def test_loss_specs_name_cells_and_set_the_losss_parameters(tmp_path):
+    assert parse_loss_spec("smooth_l1(beta=0.5)") == ("smooth_l1", {"beta": 0.5})
+    assert parse_loss_spec(" balanced_l1(alpha=0.5, gamma=2) ") == ("balanced_l1", {"alpha": 0.5, "gamma": 2})
+    assert parse_loss_spec("my.losses:cubic") == ("my.losses:cubic", {})
+    with pytest.raises(ConfigError, match="parameter 'beta' must look like key=value"):
+        parse_loss_spec("smooth_l1(beta)")
+    with pytest.raises(ConfigError, match=r"must look like name or name\(key=value, ...\)"):
+        parse_loss_spec("smooth_l1(beta=1")
+    base = config_lib.load(overrides=["loss.args={beta: 0.2}"])
+    cells = plan(["smooth_l1", "smooth_l1(beta=3)"], [1], [0.0, 0.2])
+    assert [c.name for c in cells] == ["smooth_l1-seed1", "smooth_l1-beta3-seed1", "smooth_l1-noise0.2-seed1",
+                                       "smooth_l1-beta3-noise0.2-seed1"]
+    assert cell_config(base, cells[0], tmp_path).loss.args == {"beta": 0.2}  # the base's own parameters
+    assert cell_config(base, cells[1], tmp_path).loss.args == {"beta": 3}
+    with pytest.raises(ConfigError, match="no parameter 'gamma'"):
+        cell_config(base, plan(["smooth_l1(gamma=1)"], [0], [0.0])[0], tmp_path)
 
 
 def test_cell_config_drops_parameters_of_another_loss(tmp_path):

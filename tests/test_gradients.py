@@ -70,3 +70,25 @@ def test_gradient_csv_rows_at_logging_steps_appended_below_one_header(tmp_path):
     assert logged[0][1] == {f"gradients/box_head/{key}": value for key, value in
                             (("count", 4.0), ("mean", 1.0), ("median", 1.0), ("p90", 1.0), ("p99", 1.0), ("max", 1.0),
                              ("fraction_at_bound", 1.0))}
+
+
+def test_global_gradient_norm_is_logged_before_clipping_at_logging_steps(tmp_path):
+    class Logger:
+        def __init__(self):
+            self.logged = []
+
+        def log_metrics(self, metrics, step):
+            self.logged.append((step, metrics))
+
+    module = torch.nn.Linear(2, 1)
+    module.weight.grad = torch.tensor([[3.0, 0.0]])
+    module.bias.grad = torch.tensor([4.0])  # norm of (3, 0, 4) = 5
+    logger = Logger()
+    callback = GradientStatistics(tmp_path / "gradients.csv", every_n_steps=10)
+    trainer = SimpleNamespace(is_global_zero=True, global_step=0, loggers=[logger])
+    callback.on_fit_start(trainer, module)
+    for step in (10, 15):  # only the first is a logging step
+        trainer.global_step = step
+        callback.on_before_optimizer_step(trainer, module, None)
+    callback.teardown(trainer, module, "fit")
+    assert logger.logged == [(10, {"train/grad_norm": pytest.approx(5.0)})]

@@ -10,17 +10,20 @@ from detector.lab.report import Condition, group_runs, load_run, paired_differen
 
 
 def make_run(root, name, loss, ap, *, seed=0, noise=0.0, status="completed", diverged_at_step=None, train_s=480.0,
-             data=None):
+             data=None, params=None, train=None, code=None):
     """A run directory as training writes it (metrics.json only; AP at IoU t = ap + 0.5 - t);
-    ``data``: options of its data section besides the name and the noise level."""
+    ``data``/``train``: options of those sections besides the name, noise level and seed;
+    ``params``: the loss's parameters (default: smooth_l1's beta 1/9); ``code``: its code version."""
     run = root / name
     run.mkdir()
     ap_per_iou = {f"{t / 100:.2f}": round(ap + (0.5 - t / 100), 3) for t in range(50, 100, 5)}
     metrics = {"status": status, "steps": 940 if status == "completed" else diverged_at_step,
-               "config": {"train": {"seed": seed}, "data": {"name": "shapes", "train_box_noise": noise, **(data or {})},
-                          "loss": {"name": loss}},
-               "loss": {"box_head": {"name": loss, "space": "deltas",
-                                     "params": {"beta": 1 / 9} if loss == "smooth_l1" else {}, "weight": 1.0}},
+               "config": {"train": {"seed": seed, **(train or {})},
+                          "data": {"name": "shapes", "train_box_noise": noise, **(data or {})}, "loss": {"name": loss}},
+               "loss": {"box_head": {"name": loss, "space": "deltas", "weight": 1.0,
+                                     "params": params if params is not None else
+                                     ({"beta": 1 / 9} if loss == "smooth_l1" else {})}},
+               **({"code": code} if code else {}),
                "timings": {"train_s": train_s, "total_s": train_s + 40.5}}
     if status == "completed":
         metrics["val"] = {"stats": {"AP": ap, "AP50": 0.9, "AP75": 0.8, "AP_small": 0.7, "AP_medium": 0.85,
@@ -159,3 +162,36 @@ def test_figures_in_the_chosen_format_and_single_runs_said_to_be_single(tmp_path
     assert "One completed seed per condition: single runs, without a standard deviation or an interval." in report
     assert "Mean ± standard deviation" not in report
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".csv", ".json", ".md", ".svg"]
+
+
+def test_options_in_which_runs_differ_make_conditions_and_the_baseline_is_the_default_loss(tmp_path):
+    """The clipping control and the beta sweep in one report: l2 with and without gradient
+    clipping are two conditions, and smooth_l1 with beta 0.5 is not the baseline smooth_l1."""
+    runs = []
+    for seed in (0, 1):
+        runs += [make_run(tmp_path, f"l2-seed{seed}", "l2", 0.60 + seed / 100, seed=seed),
+                 make_run(tmp_path, f"l2-clip-seed{seed}", "l2", 0.65 + seed / 100, seed=seed,
+                          train={"grad_clip": 5.0}),
+                 make_run(tmp_path, f"sl1-seed{seed}", "smooth_l1", 0.70, seed=seed),
+                 make_run(tmp_path, f"sl1-beta0.5-seed{seed}", "smooth_l1", 0.72, seed=seed, params={"beta": 0.5})]
+    summary = summarise(group_runs([load_run(r) for r in runs]), baseline="smooth_l1")
+    assert [r["condition"] for r in summary] == ["l2", "l2, grad_clip=5.0", "smooth_l1 (beta=0.1111)",
+                                                 "smooth_l1 (beta=0.5)"]
+    # differences to smooth_l1 with its default beta 1/9: -0.095, -0.045, (itself), +0.02
+    assert [r["dAP"] and round(r["dAP"].mean, 3) for r in summary] == [-0.095, -0.045, None, 0.02]
+    beta_baseline = summarise(group_runs([load_run(r) for r in runs]), baseline="smooth_l1(beta=0.5)")
+    assert round(beta_baseline[2]["dAP"].mean, 3) == -0.02
+
+
+def test_the_report_names_the_code_versions_and_warns_when_they_differ(tmp_path, caplog):
+    same = {"package": "0.2.0", "commit": "3684c1d" + "0" * 33, "dirty": False}
+    runs = [make_run(tmp_path, "a", "l1", 0.7, code=same), make_run(tmp_path, "b", "smooth_l1", 0.7, code=same)]
+    report = write_report(runs, tmp_path / "one", "cmd").read_text()
+    assert "Code version of every run: 3684c1d." in report and "Warning" not in report
+    runs.append(make_run(tmp_path, "c", "l2", 0.6, code={**same, "dirty": True}))
+    runs.append(make_run(tmp_path, "d", "l2", 0.6, seed=1))  # made before versions were recorded
+    report = write_report(runs, tmp_path / "mixed", "cmd").read_text()
+    assert ("**Warning: these runs come from 3 code versions (3684c1d: 2 runs; 3684c1d+changes: 1 run; "
+            "unknown (run made before versions were recorded): 1 run)") in report
+    assert "| c | l2 | 0 | 0 | completed | 940 |" in report and "| 3684c1d+changes |" in report
+    assert "come from 3 code versions" in caplog.text

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from detector.model import GRADIENT_COLUMNS
 
@@ -24,8 +25,9 @@ class GradientStatistics(pl.Callback):
     """At every logging step, the |dl/dx| statistics of the module's gradient probes, one row
     per head appended to ``path`` (gradients.csv) and flushed, so an interrupted run keeps
     them, and the same numbers to the trainer's loggers (``gradients/<head>/<statistic>``, e.g.
-    ``gradients/box_head/median`` in TensorBoard). Only rank 0 writes; a diverged step has no
-    gradients to describe."""
+    ``gradients/box_head/median`` in TensorBoard). At the same steps, the global norm of every
+    parameter's gradient before any clipping, ``train/grad_norm`` (what ``train.grad_clip``
+    bounds). Only rank 0 writes; a diverged step has no gradients to describe."""
 
     def __init__(self, path: str | Path, every_n_steps: int):
         self.path = Path(path)
@@ -42,6 +44,17 @@ class GradientStatistics(pl.Callback):
         self._writer = csv.DictWriter(self._file, fieldnames=GRADIENT_COLUMNS)
         if new:
             self._writer.writeheader()
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this before it clips: the norm is the one the clip value is compared with.
+        step = trainer.global_step
+        if self._writer is None or step % self.every_n_steps:
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else 0
+        for logger in trainer.loggers:
+            logger.log_metrics({"train/grad_norm": float(norm)}, step=step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -41,6 +41,7 @@ from detector.engine.datamodule import DetectionDataModule
 from detector.engine.evaluation import format_metrics_table
 from detector.engine.io import atomic_path, atomic_write_json, atomic_write_text, read_csv_rows
 from detector.engine.module import DetectorModule
+from detector.engine.versions import code_version, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     trainer = build_trainer(cfg, run_dir, callbacks=[stop, *([gradients] if gradients else [])])
     record = RunRecord(run_dir / "metrics.json", enabled=trainer.is_global_zero,
                        status="running", run_dir=str(run_dir), config=config_lib.to_dict(cfg),
+                       code=code_version(), libraries=library_versions(),
                        **({"resumed_from": str(checkpoint)} if checkpoint else {}),
                        loss=regression_loss_records(cfg), num_train_images=len(data.train_dataset),
                        num_val_images=len(data.val_dataset), class_names=module.class_names)

@@ -29,6 +29,7 @@ from detector.engine.build import resolve_classes
 from detector.engine.config import Config, ConfigError
 from detector.engine.training import resolve_precision
 from detector.lab.report import write_report
+from detector.lab.specs import parse_loss_spec
 
 FINISHED = ("completed", "diverged")
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
@@ -53,14 +54,16 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
 
 @dataclass(frozen=True)
 class Cell:
-    loss: str
+    loss: str  # a loss spec: name, or name(key=value, ...)
     seed: int
     noise: float
 
     @property
     def name(self) -> str:
-        """Run directory name, e.g. ``l2-seed1`` or ``l2-noise0.2-seed1``."""
-        loss = self.loss.replace(":", ".")
+        """Run directory name, e.g. ``l2-seed1``, ``l2-noise0.2-seed1`` or ``smooth_l1-beta0.5-seed1``."""
+        name, params = parse_loss_spec(self.loss)
+        loss = "-".join([name.replace(":", "."), *(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
+                                                   for k, v in params.items())])
         return f"{loss}-seed{self.seed}" if self.noise == 0 else f"{loss}-noise{self.noise:g}-seed{self.seed}"
 
 
@@ -75,9 +78,10 @@ def plan(losses: list[str], seeds: list[int], noise_levels: list[float]) -> list
 def cell_config(base: Config, cell: Cell, runs_dir: str | Path) -> Config:
     """``base`` with the cell's loss, seed and noise level and its run directory."""
     raw = config_lib.to_dict(base)
-    if cell.loss != raw["loss"]["name"]:
+    name, params = parse_loss_spec(cell.loss)
+    if params or name != raw["loss"]["name"]:
         # Parameters and weights belong to a loss (smooth_l1's beta means nothing to giou).
-        raw["loss"].update(name=cell.loss, args={}, weight=None)
+        raw["loss"].update(name=name, args=params, weight=None)
     raw["train"].update(seed=cell.seed, run_name=cell.name, out_dir=str(runs_dir))
     raw["data"]["train_box_noise"] = cell.noise
     cfg = config_lib.from_dict(raw)

@@ -26,8 +26,10 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from detector.engine import atomic_write_json, atomic_write_text, build_dataset, read_csv_rows
-from detector.engine.config import ConfigError, DataConfig, from_dict
+from detector.engine import config as config_lib
+from detector.engine.config import Config, ConfigError, DataConfig, from_dict
 from detector.engine.drawing import class_colour
+from detector.engine.versions import describe
 from detector.lab.plots import (
     plot_ap_vs_iou,
     plot_ap_vs_noise,
@@ -35,13 +37,23 @@ from detector.lab.plots import (
     plot_gradient_statistics,
     plot_training_curves,
 )
+from detector.lab.specs import parse_loss_spec
+from detector.model import build_loss
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("AP", "AP50", "AP75", "AP90", "AP_small", "AP_medium", "AP_large")
-RUN_COLUMNS = ("run", "loss", "seed", "noise", "status", "steps", *METRICS, "VOC_AP50", "train_s")
+RUN_COLUMNS = ("run", "loss", "seed", "noise", "status", "steps", *METRICS, "VOC_AP50", "train_s", "code")
 DIFFERENCE_METRICS = ("AP", "AP90")  # the baseline comparison: overall AP and tight localisation
 GRADIENT_WINDOW = 5  # logged steps averaged at the start and at the end of training
+
+
+# Options that do not make a condition: the repetition (seed), where and how a run is shown or
+# spread over devices, and what the matrix sets per cell (noise level; the loss and its
+# parameters are the condition's name).
+NOT_CONDITIONS = ("train.seed", "train.run_name", "train.out_dir", "train.progress", "train.threads", "train.logger",
+                  "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "data.num_workers",
+                  "data.train_box_noise")
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -74,6 +86,11 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "total_s": metrics.get("timings", {}).get("total_s"),
         "ap_per_iou": val.get("ap_per_iou", {}),
         "VOC_AP50": val.get("voc_ap50"),
+        "params": loss.get("params", {}),
+        # every option, those a run made before the option existed taking its default
+        "options": {key: value for section, values in config.items() if isinstance(values, dict)
+                    for key, value in ((f"{section}.{k}", v) for k, v in values.items())},
+        "code": describe(metrics.get("code")),
         "path": str(run_dir),
     }
     for key in METRICS:
@@ -84,12 +101,15 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 
 @dataclass
 class Condition:
-    """Every seed of one loss (with its parameters) at one box-noise level."""
+    """Every seed of one loss (with its parameters) at one box-noise level, with the other
+    options in which the report's runs differ (e.g. train.grad_clip), where they are not default."""
 
     loss: str
     loss_name: str
     noise: float
     runs: list[dict[str, Any]] = field(default_factory=list)
+    options: tuple[tuple[str, Any], ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def completed(self) -> list[dict[str, Any]]:
@@ -97,7 +117,8 @@ class Condition:
 
     @property
     def label(self) -> str:
-        return self.loss if self.noise == 0 else f"{self.loss}, noise {self.noise:g}"
+        parts = [self.loss, *(f"{key.split('.')[-1]}={value}" for key, value in self.options)]
+        return ", ".join(parts + ([f"noise {self.noise:g}"] if self.noise else []))
 
     def values(self, metric: str) -> dict[int, float]:
         """seed -> metric over the completed runs that report it (n/a, i.e. -1, left out)."""
@@ -105,13 +126,34 @@ class Condition:
 
 
 def group_runs(rows: list[dict[str, Any]]) -> list[Condition]:
-    """Conditions in order of first appearance, noise levels ascending."""
-    groups: dict[tuple[str, float], Condition] = {}
+    """Conditions in order of first appearance, noise levels ascending. Runs are one condition
+    when they share the loss with its parameters, the noise level, and every option in which
+    the report's runs differ (NOT_CONDITIONS aside)."""
+    defaults = config_lib.flatten(Config())
+    varying = sorted(key for key in defaults if key not in NOT_CONDITIONS and not key.startswith("loss.")
+                     and len({repr(r["options"].get(key, defaults[key])) for r in rows}) > 1)
+    groups: dict[tuple, Condition] = {}
     for row in rows:
-        key = (row["loss"], row["noise"])
-        groups.setdefault(key, Condition(row["loss"], row["loss_name"], row["noise"])).runs.append(row)
+        options = tuple((key, row["options"].get(key, defaults[key])) for key in varying
+                        if row["options"].get(key, defaults[key]) != defaults[key])
+        key = (row["loss"], row["noise"], options)
+        groups.setdefault(key, Condition(row["loss"], row["loss_name"], row["noise"], options=options,
+                                         params=row["params"])).runs.append(row)
     order = {key: i for i, key in enumerate(groups)}
-    return sorted(groups.values(), key=lambda c: (c.noise, order[(c.loss, c.noise)]))
+    return sorted(groups.values(), key=lambda c: (c.noise, order[(c.loss, c.noise, c.options)]))
+
+
+def find_baseline(conditions: list[Condition], baseline: str, noise: float) -> Condition | None:
+    """The condition of the ``baseline`` loss spec (``smooth_l1``: its default parameters, or
+    ``smooth_l1(beta=0.5)``) at ``noise``, with every other option at its default."""
+    name, params = parse_loss_spec(baseline)
+    wanted = build_loss(name, params).params
+    return next((c for c in conditions if c.loss_name == name and c.noise == noise and not c.options
+                 and all(_same(c.params.get(k), v) for k, v in wanted.items())), None)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6))
 
 
 @dataclass(frozen=True)
@@ -142,7 +184,7 @@ def summarise(conditions: list[Condition], baseline: str) -> list[dict[str, Any]
     baseline loss at the same noise level, mean training time, and the status of every run."""
     rows = []
     for condition in conditions:
-        base = next((c for c in conditions if c.loss_name == baseline and c.noise == condition.noise), None)
+        base = find_baseline(conditions, baseline, condition.noise)
         row: dict[str, Any] = {"condition": condition.label, "loss": condition.loss, "noise": condition.noise,
                                "runs": len(condition.runs), "completed": len(condition.completed),
                                "statuses": _status_summary(condition.runs)}
@@ -219,7 +261,7 @@ def run_table(rows: list[dict[str, Any]], with_voc: bool) -> str:
                 value = f"{value:g}"
             elif column == "train_s":
                 value = _number(value, 0)
-            cells.append(_number(value) if column not in ("status", "noise", "train_s") else str(value))
+            cells.append(_number(value) if column not in ("status", "noise", "train_s", "code") else str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -276,6 +318,20 @@ def check_same_dataset(rows: list[dict[str, Any]]) -> None:
                                   f"({key}: {value!r} != {first.get(key)!r}); a report compares runs of one dataset")
 
 
+def code_versions(rows: list[dict[str, Any]]) -> str:
+    """The code version of the runs (the "code" column of the run table); a warning when they
+    come from more than one, which is also logged."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["code"]] = counts.get(row["code"], 0) + 1
+    if len(counts) == 1:
+        return f"Code version of every run: {next(iter(counts))}."
+    listed = "; ".join(f"{version}: {count} run{'s' * (count > 1)}" for version, count in counts.items())
+    logger.warning("the runs of this report come from %d code versions (%s)", len(counts), listed)
+    return (f"**Warning: these runs come from {len(counts)} code versions ({listed}); a difference between "
+            "conditions may partly be a difference between code versions (see the code column below).**")
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, baseline: str = "smooth_l1",
                  fmt: str = "png") -> Path:
     """report.md (tables and figures in format ``fmt``: png, pdf or svg), results.csv (one row
@@ -296,6 +352,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
     sections = [
         "# Regression-loss comparison",
         f"Made by `{command}` from {len(rows)} run directories (seeds {', '.join(map(str, seeds))}).",
+        code_versions(rows),
         "## Summary",
         ("One completed seed per condition: single runs, without a standard deviation or an interval. "
          if single else "Mean ± standard deviation over the completed seeds of each condition (a single value: "
