@@ -66,7 +66,7 @@ def test_an_input_without_images_is_named(photos, monkeypatch, item, message):
 
 def test_a_folder_without_images_is_named(photos):
     (photos / "sub" / "empty").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match=r"sub/empty: a folder without image files \(.jpg, .jpeg, .png, .gif, .webp\)"):
+    with pytest.raises(FileNotFoundError, match=r"sub/empty: a folder without image files \(.jpg, .jpeg, .png, .webp, .gif\)"):
         find_images([photos / "sub" / "empty"])
 
 

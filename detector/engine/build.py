@@ -177,7 +177,8 @@ def build_model(cfg: Config, num_classes: int, trunk_state: dict[str, Tensor] | 
         score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,
         detections_per_image=m.detections_per_image,
     )
-    return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=roi_heads, **image_normalisation(m))
+    return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=roi_heads, channels_last=cfg.train.channels_last,
+                      **image_normalisation(m))
 
 
 def attach_gradient_probes(model: FasterRCNN) -> list[GradientProbe]:

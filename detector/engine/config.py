@@ -160,6 +160,9 @@ class TrainConfig:
     # auto: bf16 autocast where the hardware computes bf16 natively (GPUs with bf16, CPUs with
     # AVX512-BF16 or AMX), fp32 elsewhere; the run records what it resolved to.
     precision: str = "auto"
+    # The trunk's convolutions in channels-last memory layout (oneDNN's fast path on CPUs, tensor
+    # cores' on GPUs): measured here, trunk forward+backward 948 -> 635 ms at 800x1344 (batch 2).
+    channels_last: bool = True
     seed: int = 0
     deterministic: bool = False
     threads: int | None = None  # torch intra-op threads on the CPU; None = torch's default

@@ -122,7 +122,12 @@ def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) 
         logger=build_loggers(cfg, run_dir),
         callbacks=[
             ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/AP", mode="max",
-                            save_last=True, auto_insert_metric_name=False),
+                            auto_insert_metric_name=False, enable_version_counter=False),
+            # last.ckpt at the end of every epoch. ModelCheckpoint(save_last=True) rewrites it only
+            # when a new best was saved in the same step (Lightning 2.6), which left it at an older
+            # epoch whenever the final validation was not the best.
+            ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1,
+                            auto_insert_metric_name=False, enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
             *([TQDMProgressBar(refresh_rate=5)] if t.progress else []),
             *(callbacks or []),
@@ -157,6 +162,7 @@ def _trainer(**options: Any) -> pl.Trainer:
 
 
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
 
 
 class RunRecord:
@@ -271,7 +277,7 @@ def fit_and_record(trainer: pl.Trainer, module: DetectorModule, data: DetectionD
         "epochs": trainer.current_epoch,
         "val": module.last_metrics,
         "best_val_AP": float(best.best_model_score) if best.best_model_score is not None else None,
-        "checkpoints": {"best": _relative(best.best_model_path, run_dir), "last": _relative(best.last_model_path, run_dir)},
+        "checkpoints": {"best": _relative(best.best_model_path, run_dir), "last": f"checkpoints/{LAST_CHECKPOINT}"},
         "timings": {
             "data_s": timings["data_s"],
             "train_s": train_s,
@@ -307,9 +313,10 @@ def train_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
 
 def validate_final_model(trainer: pl.Trainer, module: DetectorModule, data: DetectionDataModule,
                          run_dir: Path) -> ModelCheckpoint:
-    """Validate the final model unless the last validation inside fit() already did, and keep
-    best.ckpt truthful (ModelCheckpoint only acts on validations inside fit()). Returns the
-    checkpoint callback, which knows the best and last checkpoints."""
+    """Validate the final model unless the last validation inside fit() already did, keep
+    best.ckpt truthful (ModelCheckpoint only acts on validations inside fit()), and write the
+    final model to last.ckpt (fit() may end between epochs, with max_steps). Returns the best
+    checkpoint's callback."""
     best = trainer.checkpoint_callback
     if module.last_metrics_step != trainer.global_step:
         trainer.validate(module, datamodule=data, verbose=False)
@@ -318,6 +325,7 @@ def validate_final_model(trainer: pl.Trainer, module: DetectorModule, data: Dete
             best.best_model_path = str(run_dir / "checkpoints" / "best.ckpt")
             best.best_model_score = torch.tensor(final_ap)
             trainer.save_checkpoint(best.best_model_path)
+    trainer.save_checkpoint(run_dir / "checkpoints" / LAST_CHECKPOINT)
     return best
 
 
@@ -355,7 +363,7 @@ def resume_checkpoint(run_dir: Path) -> Path:
         raise ConfigError(f"--resume {run_dir}: not a run directory (no metrics.json)")
     if status in ("completed", "diverged"):
         raise ConfigError(f"--resume {run_dir}: the run is {status}; there is nothing to continue")
-    candidates = [p for p in (run_dir / "checkpoints" / INTERRUPTED_CHECKPOINT, run_dir / "checkpoints" / "last.ckpt")
+    candidates = [p for p in (run_dir / "checkpoints" / INTERRUPTED_CHECKPOINT, run_dir / "checkpoints" / LAST_CHECKPOINT)
                   if p.is_file()]
     if not candidates:
         raise ConfigError(f"--resume {run_dir}: the run ({status}) left no checkpoint in {run_dir / 'checkpoints'}")
