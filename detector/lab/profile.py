@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -139,8 +140,9 @@ def profile_training(cfg: config_lib.Config, steps: int, device: str,
         data = DetectionDataModule(cfg.data, seed=cfg.train.seed)
         data.setup("fit")
         num_classes, loader = len(data.train_dataset.class_names), iter(data.train_dataloader())
-    else:
-        num_classes, loader = 3, random_batches(cfg.data.batch_size, image_size, cfg.train.seed)
+    else:  # made beforehand, so that "data wait" is the DataLoader's alone, 0 here
+        batches = itertools.islice(random_batches(cfg.data.batch_size, image_size, cfg.train.seed), steps + 3)
+        num_classes, loader = 3, iter(list(batches))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, num_classes=num_classes).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
