@@ -360,8 +360,8 @@ def test_coco_boxes_are_clipped_dropped_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = CocoDetection(tmp_path / "coco", "train")
     assert [r.getMessage() for r in caplog.records] == [
-        f"{ann_file}: dropped 2 training boxes with zero or negative width or height (after clipping to the "
-        f"image), in b.png"
+        f"{ann_file}: left 2 boxes with zero or negative width or height (after clipping to the image) out of the "
+        f"targets, in b.png; the ground truth keeps them"
     ]
     _, a = ds[0]
     assert a["boxes"].tolist() == [[0.0, 10.0, 15.0, 30.0], [30.0, 5.0, 40.0, 30.0]]
@@ -377,8 +377,8 @@ def test_voc_inverted_box_is_dropped_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = VocDetection(root, "train")
     assert [r.getMessage() for r in caplog.records] == [
-        f"{root / 'ImageSets' / 'Main' / 'train.txt'}: dropped 1 training boxes with zero or negative width or "
-        f"height (after clipping to the image), in 000001.jpg"
+        f"{root / 'ImageSets' / 'Main' / 'train.txt'}: left 1 boxes with zero or negative width or height (after "
+        f"clipping to the image) out of the targets, in 000001.jpg; the ground truth keeps them"
     ]
     _, target = ds[0]
     assert target["boxes"].tolist() == [[35.5, 0.0, 40.0, 12.0]]

@@ -135,7 +135,7 @@ def test_fixture_targets_are_cleaned(fixture_root, caplog):
     assert empty["boxes"].dtype == torch.float32 and empty["labels"].dtype == torch.int64
 
     warnings = [r for r in caplog.records if "zero or negative width or height" in r.getMessage()]
-    assert len(warnings) == 1 and "dropped 1 " in warnings[0].getMessage()
+    assert len(warnings) == 1 and "left 1 boxes " in warnings[0].getMessage()
     assert "a.png" in warnings[0].getMessage()
     # The ground truth keeps everything as annotated, crowd included.
     assert len(ds.coco.dataset["annotations"]) == 4

@@ -202,6 +202,6 @@ def _clean_boxes(records: Sequence[ImageRecord], source: str) -> list[ImageRecor
                                    boxes[valid], record.labels[valid]))
     if dropped:
         shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-        logger.warning("%s: dropped %d training boxes with zero or negative width or height "
-                       "(after clipping to the image), in %s", source, dropped, shown)
+        logger.warning("%s: left %d boxes with zero or negative width or height (after clipping to the "
+                       "image) out of the targets, in %s; the ground truth keeps them", source, dropped, shown)
     return cleaned
