@@ -15,6 +15,9 @@ Sections (--sections, default all):
                   (batch 2), random images and boxes, the --real-config preset's model
   evaluation      COCOeval vs the VOC rule on the same detections
   gradient-stats  the cost of the regression-gradient statistics relative to a step
+  levers          speed levers not taken: torch.compile of the trunk (eager vs compiled
+                  forward+backward, alternating) and faster-coco-eval vs pycocotools' COCOeval
+                  (when faster-coco-eval is installed) on the evaluation section's detections
 --parity (a mode of its own, instead of the sections) trains the preset with ours
 (--loss smooth_l1 --loss-args beta=0.111, and torchvision's predictor initialisation,
 model.predictor_init=torchvision) and with torchvision's FasterRCNN, same schedule, at
@@ -33,7 +36,7 @@ import argparse
 
 from detector.engine.cli import add_config_arguments, run_main
 
-SECTIONS = ("assignment", "train-step", "real-sizes", "evaluation", "gradient-stats")
+SECTIONS = ("assignment", "train-step", "real-sizes", "evaluation", "gradient-stats", "levers")
 
 
 def main() -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import io
 import itertools
 import json
 import multiprocessing
@@ -106,6 +107,18 @@ def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
         print(f"\nevaluation: {timing['images']} images, {timing['detections']} detections: "
               f"COCOeval {timing['cocoeval_s']:.2f} s, VOC rule {timing['voc_rule_s']:.2f} s "
               f"(peak {timing['peak_memory_mb']:.0f} MB)", flush=True)
+    if "levers" in args.sections:
+        levers = run_isolated(rejected_levers, cfg_dict, args.repeats, device)
+        result["levers"] = levers
+        c = levers["compile_trunk"]
+        print(f"\nlevers: trunk forward+backward {c['batch_shape']} ({c['precision']}): eager {c['eager_s'] * 1e3:.1f} ms, "
+              f"torch.compile {c['compiled_s'] * 1e3:.1f} ms ({c['speedup']:.2f}x; first call {c['first_call_s']:.1f} s)",
+              flush=True)
+        if "faster_coco_eval" in levers:
+            f = levers["faster_coco_eval"]
+            print(f"levers: COCOeval of {f['detections']} detections: pycocotools {f['pycocotools_s']:.2f} s, "
+                  f"faster-coco-eval {f['faster_coco_eval_s']:.2f} s ({f['speedup']:.1f}x; largest difference in "
+                  f"the 12 stats {f['max_abs_stats_difference']:.1e})", flush=True)
     if "gradient-stats" in args.sections:
         g = run_isolated(gradient_stats, cfg_dict, args.steps, device)
         result["gradient_stats"] = g
@@ -326,12 +339,9 @@ def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, image_
             "image_size": list(batches[0][0][0].shape[-2:]), "precision": cfg.train.precision}
 
 
-def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
-    """COCOeval and the VOC rule timed on the same detections: the validation ground truth,
-    jittered, with random scores and 50 false positives per image (about the 100 detections
-    per image a trained model keeps)."""
-    cfg = config_lib.from_dict(cfg_dict)
-    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
+def evaluation_detections(dataset: Any) -> list[dict[str, Any]]:
+    """The validation ground truth, jittered, with random scores and 50 false positives per
+    image (about the 100 detections per image a trained model keeps), COCO results format."""
     generator = torch.Generator().manual_seed(0)
     results = []
     category_ids = sorted(dataset.coco.getCatIds())
@@ -349,6 +359,14 @@ def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
             results.append({"image_id": image_id, "category_id": category_ids[int(torch.randint(len(category_ids), (),
                                                                                                generator=generator))],
                             "bbox": [x, y, w, h], "score": float(torch.rand((), generator=generator)) * 0.5})
+    return results
+
+
+def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
+    """COCOeval and the VOC rule timed on the same detections (``evaluation_detections``)."""
+    cfg = config_lib.from_dict(cfg_dict)
+    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    results = evaluation_detections(dataset)
     timings = {}
     start = time.perf_counter()
     coco = evaluate_coco(dataset.coco, results, dataset.class_names, dataset.label_to_category_id,
@@ -359,6 +377,80 @@ def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
     timings["voc_rule_s"] = time.perf_counter() - start
     return {**timings, "images": len(dataset.image_ids), "detections": len(results),
             "AP50_cocoeval": coco["stats"]["AP50"], "AP50_voc_rule": voc["voc_ap50"]}
+
+
+def rejected_levers(cfg_dict: dict[str, Any], repeats: int, device: str) -> dict[str, Any]:
+    """Two speed levers measured against what the code does: ``torch.compile`` of the trunk
+    (forward+backward on the preset's batch shape, eager and compiled calls alternating) and
+    faster-coco-eval's COCOeval against pycocotools' on ``evaluation_detections`` (skipped when
+    faster-coco-eval is not installed)."""
+    cfg = config_lib.from_dict(cfg_dict)
+    resolve_precision(cfg)
+    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, num_classes=3).to(device).train()
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    # (N, 3, H, W): the shapes images as stored, or a 4:3 photo resized to data.min_size
+    height = cfg.data.min_size or cfg.data.shapes_image_size
+    width = height * 4 // 3 if cfg.data.min_size else height
+    batch = torch.randn(cfg.data.batch_size, 3, height, width, device=device).contiguous(memory_format=memory_format)
+
+    def trunk_step(trunk: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def call() -> None:
+            with torch.autocast(device.split(":")[0], dtype=autocast) if autocast else contextlib.nullcontext():
+                features = trunk(batch)
+            features.float().sum().backward()
+            model.zero_grad(set_to_none=True)
+        return call
+
+    eager = trunk_step(model.backbone)
+    compiled = trunk_step(torch.compile(model.backbone))
+    start = time.perf_counter()
+    compiled()
+    compile_s = time.perf_counter() - start
+    eager_times, compiled_times = [], []
+    for _ in range(2 * repeats + 2):
+        eager_times.append(_median_time(eager, device, repeats=1, warmup=0))
+        compiled_times.append(_median_time(compiled, device, repeats=1, warmup=0))
+    eager_s, compiled_s = _median(eager_times[2:]), _median(compiled_times[2:])
+    result: dict[str, Any] = {"compile_trunk": {
+        "precision": cfg.train.precision, "batch_shape": list(batch.shape), "first_call_s": compile_s,
+        "eager_s": eager_s, "compiled_s": compiled_s, "speedup": eager_s / compiled_s}}
+
+    try:
+        from faster_coco_eval import COCO as FastCOCO
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        return result
+    from pycocotools.cocoeval import COCOeval
+
+    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    results = evaluation_detections(dataset)
+    fast_gt = FastCOCO(copy.deepcopy(dataset.coco.dataset))
+    stats = {}
+
+    def run(name: str, evaluator: Any, ground_truth: Any) -> Callable[[], None]:
+        def call() -> None:
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco_eval = evaluator(ground_truth, ground_truth.loadRes([dict(r) for r in results]), "bbox")
+                coco_eval.params.imgIds = sorted(dataset.image_ids)
+                coco_eval.evaluate()
+                coco_eval.accumulate()
+                coco_eval.summarize()
+            stats[name] = [float(v) for v in coco_eval.stats[:12]]
+        return call
+
+    reference_s = _median_time(run("pycocotools", COCOeval, dataset.coco), device, repeats=repeats, warmup=1)
+    fast_s = _median_time(run("faster_coco_eval", COCOeval_faster, fast_gt), device, repeats=repeats, warmup=1)
+    result["faster_coco_eval"] = {
+        "images": len(dataset.image_ids), "detections": len(results), "pycocotools_s": reference_s,
+        "faster_coco_eval_s": fast_s, "speedup": reference_s / fast_s,
+        "max_abs_stats_difference": max(abs(a - b) for a, b in zip(stats["pycocotools"], stats["faster_coco_eval"]))}
+    return result
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def gradient_stats(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
