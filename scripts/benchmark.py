@@ -15,8 +15,9 @@ Sections (--sections, default all):
                   (batch 2), random images and boxes, the --real-config preset's model
   evaluation      COCOeval vs the VOC rule on the same detections
   gradient-stats  the cost of the regression-gradient statistics relative to a step
-  levers          speed levers not taken: torch.compile of the trunk (eager vs compiled
-                  forward+backward, alternating) and faster-coco-eval vs pycocotools' COCOeval
+  levers          each speed lever against the code without it, calls alternating in one
+                  process: the training step in fp32/bf16 x contiguous/channels-last, the
+                  trunk eager vs torch.compile, and faster-coco-eval vs pycocotools' COCOeval
                   (when faster-coco-eval is installed) on the evaluation section's detections
 --parity (a mode of its own, instead of the sections) trains the preset with ours
 (--loss smooth_l1 --loss-args beta=0.111, and torchvision's predictor initialisation,

@@ -108,14 +108,16 @@ def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
               f"COCOeval {timing['cocoeval_s']:.2f} s, VOC rule {timing['voc_rule_s']:.2f} s "
               f"(peak {timing['peak_memory_mb']:.0f} MB)", flush=True)
     if "levers" in args.sections:
-        levers = run_isolated(rejected_levers, cfg_dict, args.repeats, device)
-        result["levers"] = levers
-        c = levers["compile_trunk"]
+        lever_times = run_isolated(levers, cfg_dict, args.steps, args.repeats, device)
+        result["levers"] = lever_times
+        print(f"\nlevers: training step, batch {lever_times['batch_size']}: " + ", ".join(
+            f"{name} {seconds * 1e3:.1f} ms" for name, seconds in lever_times["train_step_s"].items()), flush=True)
+        c = lever_times["compile_trunk"]
         print(f"\nlevers: trunk forward+backward {c['batch_shape']} ({c['precision']}): eager {c['eager_s'] * 1e3:.1f} ms, "
               f"torch.compile {c['compiled_s'] * 1e3:.1f} ms ({c['speedup']:.2f}x; first call {c['first_call_s']:.1f} s)",
               flush=True)
-        if "faster_coco_eval" in levers:
-            f = levers["faster_coco_eval"]
+        if "faster_coco_eval" in lever_times:
+            f = lever_times["faster_coco_eval"]
             print(f"levers: COCOeval of {f['detections']} detections: pycocotools {f['pycocotools_s']:.2f} s, "
                   f"faster-coco-eval {f['faster_coco_eval_s']:.2f} s ({f['speedup']:.1f}x; largest difference in "
                   f"the 12 stats {f['max_abs_stats_difference']:.1e})", flush=True)
@@ -323,7 +325,16 @@ def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, image_
         roi_heads_module.SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = float("inf") if roi_align == "separable" else 0
     batches, model, optimizer, _ = _preset_training(cfg, steps, device, image_size)
     autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
-    iterator = iter(batches * 2)
+    step_s = _median_time(_step_call(batches, model, optimizer, autocast, device), device, repeats=steps - 2, warmup=2)
+    size = cfg.data.batch_size
+    return {"step_s": step_s, "images_per_s": size / step_s, "batch_size": size,
+            "image_size": list(batches[0][0][0].shape[-2:]), "precision": cfg.train.precision}
+
+
+def _step_call(batches: list, model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast: torch.dtype | None,
+               device: str) -> Callable[[], None]:
+    """One training step (forward, backward, AdamW) per call, cycling through ``batches``."""
+    iterator = itertools.cycle(batches)
 
     def call() -> None:
         images, targets = next(iterator)
@@ -332,11 +343,7 @@ def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, image_
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-
-    step_s = _median_time(call, device, repeats=steps - 2, warmup=2)
-    size = cfg.data.batch_size
-    return {"step_s": step_s, "images_per_s": size / step_s, "batch_size": size,
-            "image_size": list(batches[0][0][0].shape[-2:]), "precision": cfg.train.precision}
+    return call
 
 
 def evaluation_detections(dataset: Any) -> list[dict[str, Any]]:
@@ -379,12 +386,36 @@ def evaluation(cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
             "AP50_cocoeval": coco["stats"]["AP50"], "AP50_voc_rule": voc["voc_ap50"]}
 
 
-def rejected_levers(cfg_dict: dict[str, Any], repeats: int, device: str) -> dict[str, Any]:
-    """Two speed levers measured against what the code does: ``torch.compile`` of the trunk
-    (forward+backward on the preset's batch shape, eager and compiled calls alternating) and
-    faster-coco-eval's COCOeval against pycocotools' on ``evaluation_detections`` (skipped when
-    faster-coco-eval is not installed)."""
-    cfg = config_lib.from_dict(cfg_dict)
+def levers(cfg_dict: dict[str, Any], steps: int, repeats: int, device: str) -> dict[str, Any]:
+    """The speed levers, each against the code without it, in one process with the calls of
+    the variants alternating (so a busy machine slows them alike):
+
+    - the training step on the preset's batches at each of fp32 / bf16 autocast x contiguous /
+      channels-last trunk (the two levers taken);
+    - ``torch.compile`` of the trunk: its forward+backward on the preset's batch shape, eager
+      against compiled (not taken);
+    - faster-coco-eval's COCOeval against pycocotools' on ``evaluation_detections``, with the
+      largest difference in the 12 summary numbers (not taken; skipped when faster-coco-eval
+      is not installed)."""
+    base = config_lib.from_dict(cfg_dict)
+    variants = {}
+    for precision in ("32-true", "bf16-mixed"):
+        for channels_last in (False, True):
+            cfg = copy.deepcopy(base)
+            cfg.train.precision, cfg.train.channels_last = precision, channels_last
+            resolve_precision(cfg)
+            batches, model, optimizer, _ = _preset_training(cfg, steps, device)
+            autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
+            variants[f"{cfg.train.precision}, {'channels-last' if channels_last else 'contiguous'}"] = (
+                _step_call(batches, model, optimizer, autocast, device))
+    step_times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(steps):
+        for name, call in variants.items():
+            step_times[name].append(_median_time(call, device, repeats=1, warmup=0))
+    step_s = {name: _median(times[2:]) for name, times in step_times.items()}
+    result: dict[str, Any] = {"train_step_s": step_s, "batch_size": base.data.batch_size}
+
+    cfg = copy.deepcopy(base)
     resolve_precision(cfg)
     autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
     torch.manual_seed(cfg.train.seed)
@@ -413,9 +444,9 @@ def rejected_levers(cfg_dict: dict[str, Any], repeats: int, device: str) -> dict
         eager_times.append(_median_time(eager, device, repeats=1, warmup=0))
         compiled_times.append(_median_time(compiled, device, repeats=1, warmup=0))
     eager_s, compiled_s = _median(eager_times[2:]), _median(compiled_times[2:])
-    result: dict[str, Any] = {"compile_trunk": {
+    result["compile_trunk"] = {
         "precision": cfg.train.precision, "batch_shape": list(batch.shape), "first_call_s": compile_s,
-        "eager_s": eager_s, "compiled_s": compiled_s, "speedup": eager_s / compiled_s}}
+        "eager_s": eager_s, "compiled_s": compiled_s, "speedup": eager_s / compiled_s}
 
     try:
         from faster_coco_eval import COCO as FastCOCO
