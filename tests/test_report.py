@@ -124,14 +124,18 @@ def test_missing_or_corrupt_run_directory_is_named(tmp_path):
         load_run(tmp_path)
 
 
-def test_gradient_summary_averages_first_and_last_windows(tmp_path):
-    run = make_run(tmp_path, "g", "l1", 0.7)
-    lines = ["step,head,loss,count,mean,median,p90,p99,max,fraction_at_bound"]
-    for step in range(0, 100, 10):  # medians 0.5..9.5 -> first five average 2.5, last five 7.5
-        lines.append(f"{step},box_head,l1,10,1,{step / 10 + 0.5},1,1,1,1.0")
-    (run / "gradients.csv").write_text("\n".join(lines) + "\n")
-    report = write_report([run], tmp_path / "out", "cmd").read_text()
-    assert "| l1 (seed 0) | box_head | 0-40 | 2.500 | 1.000 | 1.000 | 1.00 | 50-90 | 7.500 | 1.000 | 1.000 | 1.00 |" in report
+def test_gradient_summary_averages_first_and_last_windows_then_seeds(tmp_path):
+    runs = []
+    for seed, offset in ((0, 0.0), (1, 1.0)):
+        run = make_run(tmp_path, f"g{seed}", "l1", 0.7, seed=seed)
+        lines = ["step,head,loss,count,mean,median,p90,p99,max,fraction_at_bound"]
+        for step in range(0, 100, 10):  # medians 0.5..9.5 (+ offset) -> first five 2.5, last five 7.5
+            lines.append(f"{step},box_head,l1,10,1,{step / 10 + 0.5 + offset},1,1,1,{0.2 + 0.4 * seed}")
+        (run / "gradients.csv").write_text("\n".join(lines) + "\n")
+        runs.append(run)
+    report = write_report(runs, tmp_path / "out", "cmd").read_text()
+    # seeds 0 and 1: medians 2.5 and 3.5 -> 3.0; 7.5 and 8.5 -> 8.0; at bound 0.2 and 0.6 -> 0.4
+    assert "| l1 | 2 | box_head | 0-40 | 3.000 | 1.000 | 1.000 | 0.40 | 50-90 | 8.000 | 1.000 | 1.000 | 0.40 |" in report
     assert "![gradient statistics](gradients.png)" in report and (tmp_path / "out" / "gradients.png").is_file()
 
 

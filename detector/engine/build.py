@@ -147,7 +147,8 @@ def build_model(cfg: Config, num_classes: int, trunk_state: dict[str, Tensor] | 
         # Our trunk's layout, so a comparison of the two detectors differs only in the detector.
         memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         return TorchvisionFasterRCNN(
-            backbone=backbone.to(memory_format=memory_format), num_classes=num_classes, anchor_sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios,
+            backbone=backbone.to(memory_format=memory_format), num_classes=num_classes,
+            anchor_sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios,
             **proposal_counts, rpn_nms_thresh=m.rpn_nms_thresh,
             rpn_fg_iou_thresh=m.rpn_fg_iou_thresh, rpn_bg_iou_thresh=m.rpn_bg_iou_thresh,
             rpn_batch_size_per_image=m.rpn_batch_size_per_image, rpn_positive_fraction=m.rpn_positive_fraction,
