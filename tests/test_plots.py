@@ -3,6 +3,7 @@ such, validation AP as points, coinciding curves told apart."""
 
 import argparse
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
@@ -18,7 +19,7 @@ def figures(monkeypatch):
     """Every figure a plot function saves, kept open for inspection instead of written."""
     saved = []
 
-    def keep(fig, path):
+    def keep(fig, path, **options):
         saved.append(fig)
         return path
 
@@ -79,3 +80,16 @@ def test_example_labels_are_readable_in_their_class_colour(figures):
     assert all(t.get_fontsize() >= 9 for t in texts)  # points at the saved size: nothing rescales the figure
     assert [to_hex(t.get_bbox_patch().get_facecolor()) for t in texts] == [class_colour(1), class_colour(2)]
     assert [to_hex(p.get_edgecolor()) for ax in figures[0].axes for p in ax.patches] == [class_colour(1), class_colour(2)]
+
+
+def test_a_palette_png_keeps_the_size_and_the_colours(tmp_path):
+    images = {}
+    for palette in (False, True):
+        fig, ax = plt.subplots(figsize=(2, 1))
+        ax.imshow(np.array([[[255, 0, 0], [0, 0, 255]]], dtype=np.uint8))
+        ax.set_axis_off()
+        path = plots.save_figure(fig, tmp_path / f"palette{palette}.png", palette=palette)
+        images[palette] = Image.open(path)
+    assert images[True].mode == "P" and images[True].size == images[False].size == (2 * plots.DPI, plots.DPI)
+    full, reduced = (np.asarray(images[p].convert("RGB"), dtype=int) for p in (False, True))
+    assert np.abs(full - reduced).max() <= 8  # a few colours: the palette holds them all but antialiasing
