@@ -99,8 +99,9 @@ class RegionProposalNetwork(nn.Module):
         scores = scores.masked_fill(small, float("-inf"))
         image_index = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
         # NMS returns a data-dependent number of boxes: this is the training step's one
-        # unavoidable host synchronisation. One call covers the whole batch (batched_nms
-        # keeps images apart by offsetting their coordinates).
+        # unavoidable host synchronisation. One call for the whole batch: batched_nms keeps
+        # images apart by offsetting their coordinates, or, above 1000 boxes on a CPU (100,000
+        # coordinates on a GPU), runs one NMS per image.
         keep = torchvision.ops.batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), image_index.reshape(-1),
                                            self.nms_thresh)
         kept = torch.zeros(n * k, dtype=torch.bool, device=boxes.device)
