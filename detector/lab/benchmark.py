@@ -41,7 +41,7 @@ from detector.engine.config import Config
 from detector.engine.io import atomic_write_json
 from detector.engine.training import resolve_precision, train
 from detector.lab.compare import check_reusable, run_status
-from detector.lab.profile import format_profile, profile_evaluation, profile_training, random_batches
+from detector.lab.profile import autocast_dtype, format_profile, profile_evaluation, profile_training, random_batches, time_trunk
 from detector.lab.report import paired_difference
 from detector.model import AnchorGenerator, FasterRCNN
 from detector.model import roi_heads as roi_heads_module
@@ -207,6 +207,10 @@ def _resident_mb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def _median_time(call: Callable[[], Any], device: str, repeats: int, warmup: int) -> float:
     times = []
     for i in range(warmup + repeats):
@@ -216,7 +220,7 @@ def _median_time(call: Callable[[], Any], device: str, repeats: int, warmup: int
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return _median(times)
 
 
 def assignment_inputs(batch_size: int, device: str, seed: int = 0, cfg: Config | None = None,
@@ -324,7 +328,7 @@ def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, image_
     if roi_align is not None:  # this process only: run_isolated gives every case its own
         roi_heads_module.SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = float("inf") if roi_align == "separable" else 0
     batches, model, optimizer, _ = _preset_training(cfg, steps, device, image_size)
-    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
+    autocast = autocast_dtype(cfg.train.precision)
     step_s = _median_time(_step_call(batches, model, optimizer, autocast, device), device, repeats=steps - 2, warmup=2)
     size = cfg.data.batch_size
     return {"step_s": step_s, "images_per_s": size / step_s, "batch_size": size,
@@ -405,7 +409,7 @@ def levers(cfg_dict: dict[str, Any], steps: int, repeats: int, device: str) -> d
             cfg.train.precision, cfg.train.channels_last = precision, channels_last
             resolve_precision(cfg)
             batches, model, optimizer, _ = _preset_training(cfg, steps, device)
-            autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
+            autocast = autocast_dtype(cfg.train.precision)
             variants[f"{cfg.train.precision}, {'channels-last' if channels_last else 'contiguous'}"] = (
                 _step_call(batches, model, optimizer, autocast, device))
     step_times: dict[str, list[float]] = {name: [] for name in variants}
@@ -417,7 +421,7 @@ def levers(cfg_dict: dict[str, Any], steps: int, repeats: int, device: str) -> d
 
     cfg = copy.deepcopy(base)
     resolve_precision(cfg)
-    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
+    autocast = autocast_dtype(cfg.train.precision)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, num_classes=3).to(device).train()
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
@@ -426,23 +430,12 @@ def levers(cfg_dict: dict[str, Any], steps: int, repeats: int, device: str) -> d
     width = height * 4 // 3 if cfg.data.min_size else height
     batch = torch.randn(cfg.data.batch_size, 3, height, width, device=device).contiguous(memory_format=memory_format)
 
-    def trunk_step(trunk: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
-        def call() -> None:
-            with torch.autocast(device.split(":")[0], dtype=autocast) if autocast else contextlib.nullcontext():
-                features = trunk(batch)
-            features.float().sum().backward()
-            model.zero_grad(set_to_none=True)
-        return call
-
-    eager = trunk_step(model.backbone)
-    compiled = trunk_step(torch.compile(model.backbone))
-    start = time.perf_counter()
-    compiled()
-    compile_s = time.perf_counter() - start
+    compiled_trunk = torch.compile(model.backbone)
+    compile_s = time_trunk(compiled_trunk, batch, autocast, device)
     eager_times, compiled_times = [], []
     for _ in range(2 * repeats + 2):
-        eager_times.append(_median_time(eager, device, repeats=1, warmup=0))
-        compiled_times.append(_median_time(compiled, device, repeats=1, warmup=0))
+        eager_times.append(time_trunk(model.backbone, batch, autocast, device))
+        compiled_times.append(time_trunk(compiled_trunk, batch, autocast, device))
     eager_s, compiled_s = _median(eager_times[2:]), _median(compiled_times[2:])
     result["compile_trunk"] = {
         "precision": cfg.train.precision, "batch_shape": list(batch.shape), "first_call_s": compile_s,
@@ -478,10 +471,6 @@ def levers(cfg_dict: dict[str, Any], steps: int, repeats: int, device: str) -> d
         "faster_coco_eval_s": fast_s, "speedup": reference_s / fast_s,
         "max_abs_stats_difference": max(abs(a - b) for a, b in zip(stats["pycocotools"], stats["faster_coco_eval"]))}
     return result
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def gradient_stats(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:

@@ -146,7 +146,7 @@ def profile_training(cfg: config_lib.Config, steps: int, device: str,
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, num_classes=num_classes).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
-    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.train.precision)
+    autocast = autocast_dtype(cfg.train.precision)
     clock = StageClock(device)
 
     def step() -> torch.Tensor:
@@ -178,7 +178,7 @@ def profile_training(cfg: config_lib.Config, steps: int, device: str,
     step_s = median(s["total"] for s in per_step)
 
     batch, _ = model.preprocess(images)
-    trunk = [_time_trunk(model, batch, autocast, device) for _ in range(steps + 2)][2:]
+    trunk = [time_trunk(model.backbone, batch, autocast, device) for _ in range(steps + 2)][2:]
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     operators = [{"name": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count}
@@ -187,16 +187,21 @@ def profile_training(cfg: config_lib.Config, steps: int, device: str,
             "batch_size": cfg.data.batch_size, "image_size": list(batch.shape[-2:]), "operators": operators}
 
 
-def _time_trunk(model: FasterRCNN, batch: torch.Tensor, autocast: torch.dtype | None, device: str) -> float:
-    """Forward and backward of the trunk alone on a normalised, padded batch."""
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved ``train.precision``; None for fp32."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+
+def time_trunk(trunk: torch.nn.Module, batch: torch.Tensor, autocast: torch.dtype | None, device: str) -> float:
+    """Forward and backward of the trunk alone (eager or compiled) on a normalised, padded batch."""
     synchronise = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     synchronise()
     started = time.perf_counter()
     with torch.autocast(device.split(":")[0], dtype=autocast) if autocast else contextlib.nullcontext():
-        features = model.backbone(batch)
+        features = trunk(batch)
     features.float().sum().backward()
     synchronise()
-    model.zero_grad(set_to_none=True)
+    trunk.zero_grad(set_to_none=True)
     return time.perf_counter() - started
 
 

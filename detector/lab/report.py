@@ -282,8 +282,8 @@ def gradient_summary(conditions: list[Condition]) -> str:
             if not per_run:
                 continue
             cells = []
-            for window in ((lambda rows: rows[:GRADIENT_WINDOW]), (lambda rows: rows[-GRADIENT_WINDOW:])):
-                windows = [window(rows) for rows in per_run]
+            for window in (slice(None, GRADIENT_WINDOW), slice(-GRADIENT_WINDOW, None)):
+                windows = [rows[window] for rows in per_run]
                 avg = {k: mean(mean(float(r[k]) for r in w) for w in windows)
                        for k in ("median", "p99", "max", "fraction_at_bound")}
                 bound = "-" if math.isnan(avg["fraction_at_bound"]) else f"{avg['fraction_at_bound']:.2f}"
