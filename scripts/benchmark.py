@@ -1,8 +1,9 @@
 """Benchmarks against torchvision, in one run: a table on the terminal and JSON in --out.
 
-    python scripts/benchmark.py --out reports/benchmark.json
+    python scripts/benchmark.py                                    # a new runs/benchmark-<time>.json
+    python scripts/benchmark.py --out reports/benchmark.json --overwrite
     python scripts/benchmark.py --device cuda --out reports/benchmark_cuda.json
-    python scripts/benchmark.py --parity --seeds 0 1 2 --out reports/parity.json
+    python scripts/benchmark.py --parity --seeds 0 1 2 --out reports/parity.json --overwrite
 
 Sections (--sections, default all):
   assignment      target assignment of both stages, ours vs torchvision's Matcher +
@@ -43,7 +44,8 @@ SECTIONS = ("assignment", "train-step", "real-sizes", "evaluation", "gradient-st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, flags=["--batch-size", "--threads", "--precision"])
-    parser.add_argument("--out", default="reports/benchmark.json", help="JSON file to write")
+    parser.add_argument("--out", help="JSON file to write, a new file (default: a new runs/benchmark-<time>.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--real-config", default="configs/custom.yaml",

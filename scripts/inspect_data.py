@@ -1,7 +1,8 @@
 """Know your data before training: images and boxes per class and split, box sizes after the
 configured resize, the boxes training leaves out and why, and the anchor coverage (the share
-of boxes whose best anchor reaches the RPN's foreground IoU), with a box-size histogram.
-Takes the options of train.py.
+of boxes whose best anchor reaches the RPN's foreground IoU), with a box-size histogram; the
+report and the figure go to --out (default: a new runs/inspect-<dataset>-<time>). Takes the
+options of train.py.
 
     python scripts/inspect_data.py --data voc --data-root ../shared/data/bccd/BCCD --train-split train \\
         --val-split val --set data.min_size=320 data.max_size=427 "model.anchor_sizes=[16,32,64,128,256]"
@@ -18,7 +19,10 @@ from detector.engine.cli import add_config_arguments, run_main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--plot", default="box_sizes.png", help="box-size histogram to write (PNG, PDF or SVG)")
+    parser.add_argument("--out", help="folder for the report and the box-size histogram "
+                                      "(default: a new runs/inspect-<dataset>-<time>)")
+    parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png",
+                        help="figures' file format: png (200 dpi) or vector pdf / svg")
     args = parser.parse_args()
     from detector.lab.inspect_data import inspect_from_args  # torch loads once the arguments are known
 

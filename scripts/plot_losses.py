@@ -1,7 +1,8 @@
 """Plot every regression loss and its gradient (the seed figure of this project's question).
 
-    python scripts/plot_losses.py --out reports/loss_curves.png
-    python scripts/plot_losses.py --gradients runs/A runs/B --out reports/gradients.png
+    python scripts/plot_losses.py                          # a new runs/loss_curves-<time>.png
+    python scripts/plot_losses.py --out reports/loss_curves.png --overwrite
+    python scripts/plot_losses.py --gradients runs/A runs/B --out gradients.pdf
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from detector.engine.cli import run_main
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="reports/loss_curves.png",
-                        help="figure to write; its suffix (.png, .pdf, .svg) gives the format unless --format does")
+    parser.add_argument("--out", help="figure to write, a new file (default: a new runs/loss_curves-<time>.png, or "
+                                      "runs/gradients-<time>.png); its suffix (.png, .pdf, .svg) gives the format "
+                                      "unless --format does")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     parser.add_argument("--format", choices=("png", "pdf", "svg"),
                         help="file format: png (200 dpi) or vector pdf / svg for papers (replaces --out's suffix)")
     parser.add_argument("--gradients", nargs="+", metavar="RUN_DIR",

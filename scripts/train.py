@@ -5,7 +5,9 @@
     python scripts/train.py --resume runs/shapes-l2-seed0-20261129-051500
 
 Ctrl-C or SIGTERM stops after the current step, saves a checkpoint and marks the run
-interrupted; --resume continues it with its own configuration, as if never stopped.
+interrupted; --resume continues it with its own configuration, as if never stopped. An existing
+--run-name is refused unless --overwrite. Exit status: 0 completed, 3 diverged, 1 failed,
+2 a user error (nothing written), 130 / 143 interrupted by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (no other options)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run directory of --run-name if it holds a run (default: refuse)")
     args = parser.parse_args()
-    from detector.engine.training import train_from_args  # torch loads once the arguments are known
+    from detector.engine.training import exit_status, train_from_args  # torch loads once the arguments are known
 
-    train_from_args(args, sys.argv[1:])
-    return 0
+    return exit_status(train_from_args(args, sys.argv[1:]))
 
 
 if __name__ == "__main__":

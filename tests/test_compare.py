@@ -21,7 +21,8 @@ mode, target = sys.argv[1], Path(sys.argv[2])
 raw = yaml.safe_load((target / "config.yaml" if mode == "--resume" else target).read_text())
 run_dir = Path(raw["train"]["out_dir"]) / raw["train"]["run_name"]
 with open(run_dir.parent / "trained.txt", "a") as log:
-    log.write(run_dir.name + (" resumed" if mode == "--resume" else "") + "\\n")
+    log.write(run_dir.name + (" resumed" if mode == "--resume" else "") + (" overwrite" if "--overwrite" in sys.argv else "")
+              + "\\n")
 if raw["train"]["seed"] == 7:  # a start that fails, as with a mistyped data root: nothing written
     sys.exit(2)
 status = "diverged" if raw["loss"]["name"] == "l2" and raw["train"]["seed"] == 1 else "completed"
@@ -97,13 +98,14 @@ def test_matrix_trains_only_unfinished_cells(tmp_path, capsys):
     train_matrix(cells, Config(), runs_dir, jobs=1, train_command=command)
     assert len(trained(runs_dir)) == 4
     assert "4 finished, 0 to train" in capsys.readouterr().out
-    # ... a failed one is trained again and an interrupted one with a checkpoint resumes.
+    # ... a failed one is trained again (its directory replaced: train.py refuses an existing one
+    # without --overwrite) and an interrupted one with a checkpoint resumes.
     (runs_dir / "l1-seed1" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
     (runs_dir / "l1-seed1" / "checkpoints").mkdir()
     (runs_dir / "l1-seed1" / "checkpoints" / "interrupted.ckpt").write_bytes(b"")
     (runs_dir / "l2-seed0" / "metrics.json").write_text("{half-writ")
     train_matrix(cells, Config(), runs_dir, jobs=2, train_command=command)
-    assert sorted(trained(runs_dir)[4:]) == ["l1-seed1 resumed", "l2-seed0"]
+    assert sorted(trained(runs_dir)[4:]) == ["l1-seed1 resumed", "l2-seed0 overwrite"]
     assert (runs_dir / "l1-seed1" / "train.log").is_file()  # parallel runs log to a file each
     assert sorted(p.name for p in runs_dir.iterdir()) == ["l1-seed0", "l1-seed1", "l2-seed0", "l2-seed1", "trained.txt"]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from detector.data import CocoDetection, collate, ensure_shapes, shapes
+from detector.data import CocoDetection, DataError, collate, ensure_shapes, shapes
 from detector.data.transforms import DetectionTransform, hflip, resize
 from detector.engine.build import build_dataset
 from detector.engine.config import DataConfig
@@ -68,20 +68,38 @@ def test_other_parameters_or_unfinished_dataset_are_regenerated(tmp_path):
     ensure_shapes(root, **{**SMALL, "num_val": 5}, num_workers=1)
     assert json.loads((root / "meta.json").read_text())["num_val"] == 5
     assert len(list((root / "val").glob("*.png"))) == 5
-    # A folder without meta.json (an interrupted copy) is rebuilt, not trusted.
-    (root / "meta.json").unlink()
+    assert json.loads((root / "meta.json").read_text())["generator"] == "detector.data.shapes"
+    # A meta.json of the generator before it wrote its marker is its own too.
+    meta = json.loads((root / "meta.json").read_text())
+    del meta["generator"]
+    (root / "meta.json").write_text(json.dumps(meta))
     ensure_shapes(root, **SMALL, num_workers=1)
     assert len(list((root / "val").glob("*.png"))) == SMALL["num_val"]
     assert not [p for p in tmp_path.iterdir() if p.name != "s"]  # no temporary folders left
 
 
-def test_foreign_folder_is_never_deleted(tmp_path):
+def test_an_empty_folder_is_generated_into(tmp_path):
+    (tmp_path / "s").mkdir()
+    root = ensure_shapes(tmp_path / "s", **SMALL, num_workers=1)
+    assert len(list((root / "train").glob("*.png"))) == SMALL["num_train"]
+
+
+@pytest.mark.parametrize("contents, hint", [
+    ({"notes.txt": "keep me"}, r"it holds 1 entry \(notes.txt\); give a new or empty folder as --data-root"),
+    # The layout of a generated dataset without the generator's meta.json: not provably ours.
+    ({"train/000000.png": "", "annotations/instances_train.json": '{"images": []}'},
+     r"it has annotations/instances_train.json: a COCO dataset\? add --data coco"),
+    ({"meta.json": '{"name": "mine"}', "val/x.png": ""}, r"it holds 2 entries \(meta.json, val\)"),
+])
+def test_a_folder_the_generator_did_not_make_is_never_touched(tmp_path, contents, hint):
     root = tmp_path / "mine"
-    root.mkdir()
-    (root / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a generated shapes dataset"):
+    for name, text in contents.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    with pytest.raises(DataError, match="is not a shapes dataset made by this project, so it is not replaced: " + hint):
         ensure_shapes(root, **SMALL, num_workers=1)
-    assert (root / "notes.txt").read_text() == "keep me"
+    assert {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()} == contents
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 def test_boxes_lie_inside_the_image_and_are_not_too_thin(train_json):

@@ -178,7 +178,8 @@ def test_training_records_the_classes_and_the_held_out_images(tmp_path):
     cfg = config_lib.load(overrides=[
         "data.name=voc", f"data.root={root}", "data.val_fraction=0.34", "data.split_seed=3", "data.batch_size=2",
         "data.num_workers=0", "train.max_steps=1", "train.progress=false", "train.log_every_n_steps=1",
-        "train.gradient_stats=false", f"train.out_dir={tmp_path}", "train.run_name=cells", "model.anchor_sizes=[8,16,32]"])
+        "train.gradient_stats=false", f"train.out_dir={tmp_path / 'runs'}", "train.run_name=cells",
+        "model.anchor_sizes=[8,16,32]"])
     run_dir = train(cfg)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
     assert saved["classes"] == CLASSES and saved["val_fraction"] == 0.34 and saved["split_seed"] == 3
@@ -214,7 +215,8 @@ def test_a_comparison_resolves_the_classes_once_for_every_cell(tmp_path, monkeyp
     cli.add_config_arguments(parser)
     args = parser.parse_args(["--data", "voc", "--data-root", str(root), "--set", "data.val_fraction=0.5"])
     args.runs, args.losses, args.seeds, args.noise = None, ["l1", "l2"], [0, 1], [0.0]
-    args.runs_dir, args.jobs, args.out, args.baseline, args.format = str(tmp_path / "runs"), 1, str(tmp_path), "l1", "png"
+    args.runs_dir, args.jobs, args.baseline, args.format = str(tmp_path / "runs"), 1, "l1", "png"
+    args.out = str(tmp_path / "report")
     compare.compare_from_args(args, [])
     cells = [compare.cell_config(seen["base"], cell, tmp_path) for cell in compare.plan(["l1", "l2"], [0, 1], [0.0])]
     assert [cell.data.classes for cell in cells] == [CLASSES] * 4

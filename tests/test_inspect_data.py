@@ -129,14 +129,15 @@ def test_a_suggestion_only_when_coverage_is_poor(folder):
     assert "\nsuggestion: " not in format_report(good, inspect_data(good))
 
 
-def test_the_script_prints_the_report_and_draws_the_histogram(folder, tmp_path):
-    plot = tmp_path / "sizes.png"
+def test_the_script_writes_the_report_and_the_histogram_into_its_out_folder(folder, tmp_path):
+    out = tmp_path / "inspection"
     result = subprocess.run([sys.executable, "scripts/inspect_data.py", "--data", "voc", "--data-root", str(folder),
-                             "--val-split", "valid", "--plot", str(plot)], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+                             "--val-split", "valid", "--out", str(out), "--format", "svg"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "voc data in " in result.stdout and f"box-size histogram: {plot}" in result.stdout
-    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert "voc data in " in result.stdout and f"report and box-size histogram in {out}" in result.stdout
+    assert (out / "report.txt").read_text() in result.stdout
+    assert (out / "box_sizes.svg").read_text().startswith("<?xml")
 
 
 def test_the_script_names_a_bad_option_and_exits_2(folder):

@@ -40,10 +40,11 @@ def test_png_is_200_dpi_and_vector_formats_are_vector(tmp_path):
 
 
 def test_plot_losses_format_replaces_the_suffix(tmp_path):
-    out = plots.plot_from_args(argparse.Namespace(out=str(tmp_path / "curves.png"), format="svg", gradients=None))
+    out = plots.plot_from_args(argparse.Namespace(out=str(tmp_path / "curves.png"), format="svg", gradients=None,
+                                                       overwrite=False))
     assert out == tmp_path / "curves.svg" and b"<svg" in out.read_bytes()[:500]
     with pytest.raises(ConfigError, match=r"--out .*curves.jpg: a figure is written as png, pdf, svg"):
-        plots.plot_from_args(argparse.Namespace(out=str(tmp_path / "curves.jpg"), format=None, gradients=None))
+        plots.plot_from_args(argparse.Namespace(out=str(tmp_path / "curves.jpg"), format=None, gradients=None, overwrite=False))
 
 
 def test_a_single_run_is_labelled_as_one_not_as_a_mean(figures):

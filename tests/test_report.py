@@ -165,7 +165,23 @@ def test_figures_in_the_chosen_format_and_single_runs_said_to_be_single(tmp_path
     assert "![AP against IoU threshold](ap_vs_iou.svg)" in report
     assert "One completed seed per condition: single runs, without a standard deviation or an interval." in report
     assert "Mean ± standard deviation" not in report
-    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".csv", ".json", ".md", ".svg"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".detector-output.json", "ap_vs_iou.svg", "report.md", "results.csv", "results.json"]
+
+
+def test_a_report_replaces_the_earlier_report_of_its_folder_and_nothing_else(tmp_path):
+    runs = [make_run(tmp_path, "l1-seed0", "l1", 0.7), make_run(tmp_path, "l2-seed0", "l2", 0.6)]
+    out = tmp_path / "out"
+    write_report(runs, out, "cmd", fmt="svg")
+    write_report(runs, out, "cmd", fmt="pdf")  # the svg figure is the earlier report's: removed
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".detector-output.json", "ap_vs_iou.pdf", "report.md", "results.csv", "results.json"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="is not empty and holds no output of this project"):
+        write_report(runs, mine, "cmd")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_options_in_which_runs_differ_make_conditions_and_the_baseline_is_the_default_loss(tmp_path):

@@ -15,7 +15,11 @@ Layout written by :func:`ensure_shapes`::
 
     root/train/000000.png ...      root/val/000000.png ...
     root/annotations/instances_train.json, instances_val.json   (COCO instances format)
-    root/meta.json                 (generation parameters; written last = dataset complete)
+    root/meta.json                 (the generator's marker and parameters; written last = dataset complete)
+
+A folder is replaced only when its meta.json carries the generator's marker: whatever else is at
+``root`` (a user's COCO export, a folder of photos) is refused with a DataError that says what the
+folder looks like, and is never touched.
 
 Determinism: each image draws from ``numpy.random.default_rng([seed, split_index, image_index])``,
 so the output does not depend on the order in which images are rendered or on the number of
@@ -39,10 +43,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from detector.data.errors import DataError
+from detector.data.layout import folder_hint
+
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "cross", "ring", "star")
 SPLITS = ("train", "val")  # split_index 0 and 1 in the per-image seeds
 # Bump when the rendering changes, so that datasets made by an older generator are rebuilt.
 GENERATOR_VERSION = 2
+# meta.json's "generator": the mark of a folder this module made, and so may replace.
+GENERATOR = "detector.data.shapes"
 
 SUPERSAMPLE = 4  # shapes are rasterised at 4x and box-averaged down: 16 coverage levels per pixel
 MIN_LONG_SIDE = 10.0  # px; smallest longer side of an object (below ~10 px the six shapes blur into the same blob)
@@ -84,8 +93,7 @@ def ensure_shapes(
         raise ValueError(f"shapes image_size must be >= 32, got {image_size}")
     if _is_complete(root, meta):
         return root
-    if root.exists():
-        _check_replaceable(root)
+    _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(
@@ -136,7 +144,8 @@ def render_image(image_size: int, rng: np.random.Generator) -> tuple[np.ndarray,
 
 
 def _generate(out: Path, meta: dict, num_workers: int | None) -> None:
-    """Render both splits into ``out`` and write the annotation files, meta.json last."""
+    """Render both splits into ``out`` and write the annotation files, meta.json (with the
+    generator's marker) last."""
     (out / "annotations").mkdir()
     counts = {"train": meta["num_train"], "val": meta["num_val"]}
     jobs = []
@@ -175,7 +184,7 @@ def _generate(out: Path, meta: dict, num_workers: int | None) -> None:
         start += counts[split]
         coco = {"images": images, "annotations": annotations, "categories": categories}
         (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco, separators=(",", ":")))
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    (out / "meta.json").write_text(json.dumps({**meta, "generator": GENERATOR}, indent=1, sort_keys=True))
 
 
 def _render_to_file(job: tuple[str, int, int, int, int]) -> list[tuple[int, list[float]]]:
@@ -198,25 +207,42 @@ def _available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _is_complete(root: Path, meta: dict) -> bool:
+def _read_meta(root: Path) -> dict | None:
     try:
-        return json.loads((root / "meta.json").read_text()) == meta
+        meta = json.loads((root / "meta.json").read_text())
     except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _made_here(meta: dict | None) -> bool:
+    """Whether a meta.json is this generator's: its marker, or the parameter keys alone, which is
+    what generator versions before the marker wrote."""
+    if meta is None:
         return False
+    return meta.get("generator") == GENERATOR or set(meta) == {"generator_version", "image_size", "num_train",
+                                                               "num_val", "seed"}
+
+
+def _is_complete(root: Path, meta: dict) -> bool:
+    found = _read_meta(root)
+    return _made_here(found) and {k: v for k, v in found.items() if k != "generator"} == meta
 
 
 def _check_replaceable(root: Path) -> None:
-    """Refuse to delete a folder that is not a (stale or partial) generated shapes dataset."""
-    ours = {"train", "val", "annotations", "meta.json"}
-    if not root.is_dir() or any(entry.name not in ours for entry in root.iterdir()):
-        raise FileExistsError(
-            f"{root} exists but is not a generated shapes dataset (expected only "
-            f"{', '.join(sorted(ours))}); remove it or choose another data.root"
-        )
+    """Refuse, with a DataError that says what the folder looks like, to replace anything but
+    an empty folder or a shapes dataset this generator made (another version or parameters)."""
+    if not root.exists() or _made_here(_read_meta(root)):
+        return
+    if root.is_dir() and not any(root.iterdir()):
+        return
+    raise DataError(f"data.root {root} is not a shapes dataset made by this project, so it is not replaced: "
+                    f"{folder_hint(root)}")
 
 
 def _move_into_place(tmp: Path, root: Path, meta: dict) -> None:
-    """Rename the finished ``tmp`` to ``root``, replacing a stale dataset there."""
+    """Rename the finished ``tmp`` to ``root``, replacing an empty folder or a stale dataset
+    of this generator there."""
     if _is_complete(root, meta):  # another process finished first
         return
     old = None

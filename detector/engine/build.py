@@ -213,10 +213,11 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
         dataset = CocoDetection(cfg.root, split, **options)
     elif cfg.name == "coco":
         dataset = CocoDetection(cfg.root, cfg.train_split if holdout else split, **_coco_files(cfg, role),
-                                classes=resolve_classes(cfg), **options)
+                                classes=cfg.classes or resolve_classes(cfg), **options)
     elif cfg.name == "voc":
         dataset = VocDetection(cfg.root, cfg.train_split if holdout else split, image_folder=cfg.image_folder,
-                               annotation_folder=cfg.annotation_folder, classes=resolve_classes(cfg), **options)
+                               annotation_folder=cfg.annotation_folder, classes=cfg.classes or resolve_classes(cfg),
+                               **options)
     else:
         raise ValueError(f"unknown dataset '{cfg.name}'; valid names: shapes, coco, voc")
     if train and cfg.train_box_noise > 0:
@@ -248,14 +249,24 @@ def _coco_files(cfg: DataConfig, role: str | None) -> dict[str, str | None]:
 
 
 def resolve_classes(cfg: DataConfig) -> list[str]:
-    """The class list of a coco or voc configuration: cfg.classes, or when empty the one found in
-    the annotations of the training and validation splits, all their images read (voc: the
-    names in the XML files, sorted, or the 20 PASCAL classes in their standard order when
+    """The class list of a coco or voc configuration: cfg.classes, each of which some annotation
+    must use (else a ConfigError names them and the classes that occur), or when empty the one
+    found in the annotations of the training and validation splits, all their images read (voc:
+    the names in the XML files, sorted, or the 20 PASCAL classes in their standard order when
     exactly those; coco: the categories that have annotations, in ascending id). [] for shapes,
     whose classes are its generator's. Training writes the list into the configuration first,
     so that it is recorded and the same for every run of a comparison."""
-    if cfg.classes or cfg.name == "shapes":
+    if cfg.name == "shapes":
         return list(cfg.classes)
+    found = _classes_found(cfg)
+    unused = [name for name in cfg.classes if name not in found]
+    if unused:
+        raise ConfigError(f"option 'data.classes' names {', '.join(map(repr, unused))}, which no annotation uses; "
+                          f"the classes that occur: {', '.join(found)}")
+    return list(cfg.classes) or found
+
+
+def _classes_found(cfg: DataConfig) -> list[str]:
     roles = ("train",) if cfg.val_fraction > 0 else ("train", "val")
     splits = {role: cfg.train_split if role == "train" else cfg.val_split for role in roles}
     if cfg.name == "voc":
@@ -264,8 +275,9 @@ def resolve_classes(cfg: DataConfig) -> list[str]:
                                for role in roles])
     else:
         classes = coco_classes([coco_split_files(cfg.root, splits[role], **_coco_files(cfg, role))[0] for role in roles])
-    logger.info("%d classes found in the annotations of split %s: %s", len(classes),
-                " and ".join(map(repr, dict.fromkeys(splits.values()))), ", ".join(classes))
+    if not cfg.classes:
+        logger.info("%d classes found in the annotations of split %s: %s", len(classes),
+                    " and ".join(map(repr, dict.fromkeys(splits.values()))), ", ".join(classes))
     return classes
 
 

@@ -87,13 +87,15 @@ class GradientStatistics(pl.Callback):
 class StopOnSignal(pl.Callback):
     """Ctrl-C or SIGTERM asks training to stop after the current step: the callback then saves
     ``checkpoint`` and stops the trainer (the run is marked interrupted); a second signal stops
-    at once (KeyboardInterrupt). ``stopped_at_step`` says where it stopped, None if it did not."""
+    at once (KeyboardInterrupt). ``stopped_at_step`` says where it stopped, None if it did not;
+    ``signal_name`` which signal asked (SIGINT or SIGTERM)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, checkpoint: str | Path):
         self.checkpoint = str(checkpoint)
         self.stopped_at_step: int | None = None
+        self.signal_name: str | None = None
         self._requested = False
         self._previous: dict[int, Any] = {}
 
@@ -101,6 +103,7 @@ class StopOnSignal(pl.Callback):
         if self._requested:
             raise KeyboardInterrupt
         self._requested = True
+        self.signal_name = signal.Signals(signum).name
         log.warning("%s: stopping after this step and saving a checkpoint (send it again to stop at once)",
                     signal.Signals(signum).name)
 

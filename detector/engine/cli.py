@@ -71,6 +71,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser, flags: list[str]) -
     add_set_argument(parser, "override post-processing, size, device or data options, "
                              "e.g. --set model.rpn_post_nms_top_n_test=300")
     add_flags(parser, flags + INFERENCE_FLAGS)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier output of another checkpoint or other options in the output folder")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, flags: list[str] | None = None) -> None:
@@ -97,10 +99,13 @@ def add_flags(parser: argparse.ArgumentParser, flags: list[str]) -> None:
 
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's main: user errors (configuration, missing files, unusable dataset files)
-    print one clear line and exit with status 2."""
+    print one clear line and exit with status 2; a KeyboardInterrupt exits with 130."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         sys.exit(main() or 0)
+    except KeyboardInterrupt:  # a second Ctrl-C: what was stopped has said so (and how to resume)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         # A DataError can only exist once detector.data is loaded; importing it here would load
         # torch before --help could answer.

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from detector.data import collate
+from detector.engine import config as config_lib
 from detector.engine.build import build_dataset
 from detector.engine.config import Config, ConfigError
 from detector.engine.evaluation import format_metrics_table
@@ -19,9 +20,11 @@ from detector.engine.inference import (
     RUNTIME_OPTIONS,
     inference_config,
     load_module,
+    output_identity,
     postprocessing_record,
 )
 from detector.engine.io import atomic_write_json
+from detector.engine.outputs import check_folder, claim_folder
 from detector.engine.training import build_evaluator
 
 
@@ -34,13 +37,20 @@ def evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
     split = args.split or cfg.data.val_split
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     out = Path(args.out) if args.out else run_dir / f"eval-{split}"
-    return evaluate_checkpoint(checkpoint, cfg, split, out)
+    return evaluate_checkpoint(checkpoint, cfg, split, out, overwrite=args.overwrite)
 
 
-def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path) -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path, *,
+                        overwrite: bool = False) -> dict[str, Any]:
     """Run the checkpoint over ``split`` of ``cfg.data`` with ``cfg``'s post-processing; write
-    metrics.json (with the post-processing it used) and detections.json."""
+    metrics.json (with the post-processing and the checkpoint's digest) and detections.json.
+    ``out_dir`` must be new, empty, or hold this same evaluation; one of another checkpoint,
+    data or post-processing is replaced only with ``overwrite`` (engine/outputs.py)."""
     started = time.perf_counter()
+    flat = config_lib.flatten(cfg)
+    identity = output_identity(checkpoint, cfg, split=split,
+                               data={key: flat[key] for key in EVALUATION_DATA_OPTIONS})
+    check_folder(out_dir, "evaluation", identity, overwrite=overwrite)  # before the work; claimed once it is done
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     module = load_module(checkpoint, cfg)
@@ -59,14 +69,16 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path
     record = {
         "status": "completed",
         "checkpoint": str(checkpoint),
+        "checkpoint_sha256": identity["checkpoint_sha256"],
         "dataset": {"name": cfg.data.name, "root": cfg.data.root, "split": split, "num_images": len(dataset)},
         "postprocessing": postprocessing_record(cfg),
         "val": module.last_metrics,
         "timings": {"total_s": round(time.perf_counter() - started, 2)},
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = claim_folder(out_dir, "evaluation", identity, overwrite=overwrite)
     atomic_write_json(out_dir / "detections.json", module.last_results)
     atomic_write_json(out_dir / "metrics.json", record)
+    folder.finish(["detections.json", "metrics.json"])
     if trainer.is_global_zero:
         print(f"\n{checkpoint} on {cfg.data.name}/{split}: results in {out_dir}")
         print(format_metrics_table(module.last_metrics))

@@ -11,6 +11,7 @@ giving one is refused by name, never accepted and ignored.
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,23 @@ def find_checkpoint(path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"no checkpoint at {path} (expected a .ckpt file or a run directory with checkpoints/)")
+
+
+def checkpoint_digest(checkpoint: Path) -> str:
+    """The checkpoint file's SHA-256: what an output records of the model that made it (a path
+    can hold another model later, when a run is resumed or replaced)."""
+    digest = hashlib.sha256()
+    with checkpoint.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_identity(checkpoint: Path, cfg: Config, **more: Any) -> dict[str, Any]:
+    """What makes two outputs of a checkpoint the same result: the checkpoint (path and
+    contents), the post-processing and sizes, and ``more`` (the data or the input files)."""
+    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": checkpoint_digest(checkpoint),
+            "postprocessing": postprocessing_record(cfg), **more}
 
 
 def checkpoint_config(checkpoint: Path) -> Config:

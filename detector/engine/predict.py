@@ -18,6 +18,7 @@ on a validation split they equal ``evaluate.py``'s.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -38,9 +39,11 @@ from detector.engine.inference import (
     RUNTIME_OPTIONS,
     inference_config,
     load_module,
+    output_identity,
     postprocessing_record,
 )
 from detector.engine.io import atomic_path, atomic_write_json
+from detector.engine.outputs import check_folder, claim_folder, default_location
 from detector.engine.training import build_evaluator
 
 log = logging.getLogger(__name__)
@@ -56,12 +59,19 @@ def predict_from_args(args: argparse.Namespace) -> dict[str, Any]:
     device options of the command line on top; any other option is refused, naming it."""
     checkpoint, cfg = inference_config(args, POSTPROCESSING_OPTIONS + RUNTIME_OPTIONS, "predict.py")
     paths = find_images(args.inputs)
-    return predict(checkpoint, cfg, paths, Path(args.out), draw_thresh=args.draw_thresh)
+    run_name = checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.stem
+    out = Path(args.out) if args.out else default_location(f"predict-{run_name}")
+    return predict(checkpoint, cfg, paths, out, draw_thresh=args.draw_thresh, overwrite=args.overwrite)
 
 
-def predict(checkpoint: Path, cfg: Config, paths: list[Path], out_dir: Path, *, draw_thresh: float) -> dict[str, Any]:
+def predict(checkpoint: Path, cfg: Config, paths: list[Path], out_dir: Path, *, draw_thresh: float,
+            overwrite: bool = False) -> dict[str, Any]:
     """Detections of the checkpoint on ``paths`` (image ids 1.. in this order) written to
-    ``out_dir``; returns the summary (images, skipped, detections, images/s)."""
+    ``out_dir``; returns the summary (images, skipped, detections, images/s). ``out_dir`` must be
+    new, empty, or hold these same predictions; other ones are replaced only with ``overwrite``."""
+    inputs = hashlib.sha256("\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()
+    identity = output_identity(checkpoint, cfg, inputs_sha256=inputs, draw_thresh=draw_thresh)
+    check_folder(out_dir, "prediction", identity, overwrite=overwrite)  # before the work; claimed once it is done
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     module = load_module(checkpoint, cfg)
@@ -80,6 +90,7 @@ def predict(checkpoint: Path, cfg: Config, paths: list[Path], out_dir: Path, *, 
     skipped = [{"file_name": names[e["image_id"] - 1], "path": e["path"], "error": e["error"]}
                for e in module.last_predictions if "error" in e]
     results = detections_to_coco_results(predicted, module.label_to_category_id)
+    folder = claim_folder(out_dir, "prediction", identity, overwrite=overwrite)
     atomic_write_json(out_dir / "detections.json", results)
     atomic_write_json(out_dir / "image_info.json", {
         "images": [{"id": e["image_id"], "file_name": names[e["image_id"] - 1], "width": e["orig_size"][1],
@@ -93,6 +104,7 @@ def predict(checkpoint: Path, cfg: Config, paths: list[Path], out_dir: Path, *, 
     for entry in skipped:
         log.warning("left out %s", entry["error"])
     write_drawn_images(predicted, names, module.class_names, out_dir / "images", draw_thresh, progress=cfg.train.progress)
+    folder.finish(["detections.json", "image_info.json", "images"])
     summary = {"images": len(predicted), "skipped": len(skipped), "detections": len(results),
                "images_per_s": round(len(predicted) / predict_s, 1), "out": str(out_dir)}
     print(f"{summary['images']} images ({summary['skipped']} skipped), {summary['detections']} detections, "

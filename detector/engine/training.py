@@ -20,6 +20,8 @@ import io
 import json
 import logging
 import os
+import shutil
+import signal
 import time
 import warnings
 from datetime import datetime
@@ -32,6 +34,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from detector.engine import config as config_lib
 from detector.engine.build import load_trunk_weights, regression_loss_records, resolve_classes
@@ -41,6 +44,7 @@ from detector.engine.datamodule import DetectionDataModule
 from detector.engine.evaluation import format_metrics_table
 from detector.engine.io import atomic_path, atomic_write_json, atomic_write_text, read_csv_rows
 from detector.engine.module import DetectorModule
+from detector.engine.outputs import unique_path
 from detector.engine.versions import code_version, library_versions
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,13 @@ warnings.filterwarnings("ignore", message=".*`training_step` returned `None`")
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
+RUN_NAME_VARIABLE = "DETECTOR_RUN_NAME"
+
+
 def default_run_name(cfg: Config) -> str:
+    """<dataset>-<loss>-seed<seed>-<timestamp>, or in a DDP rank above 0 the name rank 0 chose."""
+    if rank_zero_only.rank != 0 and os.environ.get(RUN_NAME_VARIABLE):
+        return os.environ[RUN_NAME_VARIABLE]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{cfg.data.name}-{cfg.loss.name.replace(':', '.')}-seed{cfg.train.seed}-{stamp}"
 
@@ -161,6 +171,7 @@ def _trainer(**options: Any) -> pl.Trainer:
                           f"train.precision) cannot be used here: {exc}") from None
 
 
+FINISHED = ("completed", "diverged")  # a run with nothing left to train
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -178,7 +189,7 @@ class RunRecord:
             atomic_write_json(self.path, self.fields)
 
 
-def train(cfg: Config, *, resume: bool = False) -> Path:
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Train as configured; return the run directory (metrics.json says how it went).
 
     Everything that can fail on the user's input (data roots, annotation files, categories,
@@ -188,7 +199,9 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
 
     ``resume``: continue the interrupted run in the configured run directory from its newest
     checkpoint: the model, optimiser, schedule, loop counters, random generators and the
-    position in the epoch are restored, so the result equals an uninterrupted run's.
+    position in the epoch are restored, so the result equals an uninterrupted run's. Otherwise
+    the run directory must not exist yet (a default name gets a suffix instead): an existing one
+    is refused, unless ``overwrite`` and it is a run directory, which is then replaced.
     """
     started = time.perf_counter()
     t = cfg.train
@@ -198,6 +211,12 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     resolve_precision(cfg)
     cfg.data.classes = resolve_classes(cfg.data)  # fixed before training, recorded in config.yaml
     run_dir = Path(t.out_dir) / (t.run_name or default_run_name(cfg))
+    if not resume and rank_zero_only.rank == 0:  # other DDP ranks start once rank 0 has made it
+        if not t.run_name:
+            run_dir = unique_path(run_dir)
+            # DDP ranks that Lightning starts later inherit this, and use rank 0's timestamped name.
+            os.environ[RUN_NAME_VARIABLE] = run_dir.name
+        check_new_run_dir(run_dir, overwrite=overwrite)
     checkpoint = resume_checkpoint(run_dir) if resume else None
     previous = json.loads((run_dir / "metrics.json").read_text()) if resume else {}
 
@@ -217,8 +236,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
                        **({"resumed_from": str(checkpoint)} if checkpoint else {}),
                        loss=regression_loss_records(cfg), num_train_images=len(data.train_dataset),
                        num_val_images=len(data.val_dataset), class_names=module.class_names)
-    if trainer.is_global_zero:  # only rank 0 writes the run directory's files
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if trainer.is_global_zero and not resume:  # only rank 0 writes the run directory's files
+        make_run_dir(run_dir, overwrite=overwrite)
     try:
         if trainer.is_global_zero:
             config_lib.save(cfg, run_dir / "config.yaml")
@@ -236,8 +255,44 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))  # a second Ctrl-C: stop at once
         record.save(status="interrupted" if interrupted else "failed", steps=trainer.global_step,
-                    **({} if interrupted else {"error": f"{type(exc).__name__}: {exc}"}))
+                    **({"stopped_by": stop.signal_name or "SIGINT"} if interrupted
+                       else {"error": f"{type(exc).__name__}: {exc}"}))
+        if interrupted:
+            log.warning("training stopped at once at step %d; continue it with: python scripts/train.py --resume %s",
+                        trainer.global_step, run_dir)
         raise
+
+
+def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse (ConfigError) a run directory that exists, unless it is empty, or ``overwrite``
+    and it is a run directory; the message names the ways on."""
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        raise ConfigError(f"{run_dir} exists and is not a run directory (no metrics.json); it is left as it is: "
+                          f"choose another --run-name or --out-dir")
+    if overwrite:
+        return
+    try:
+        record = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        record = {}
+    status, steps = record.get("status", "unknown"), record.get("steps")
+    resumable = status not in FINISHED and any((run_dir / "checkpoints").glob("*.ckpt"))
+    ways = f"continue it with --resume {run_dir}, " if resumable else ""
+    raise ConfigError(f"run directory {run_dir} already exists (a {status} run{f' of {steps} steps' if steps else ''}); "
+                      f"{ways}choose another --run-name, or replace it with --overwrite")
+
+
+def make_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Create the new run's directory; with ``overwrite``, a run directory there is removed first
+    (check_new_run_dir has made sure it is one), so nothing of the old run stays beside the new."""
+    check_new_run_dir(run_dir, overwrite=overwrite)  # again: the data were read in the meantime
+    if overwrite and (run_dir / "metrics.json").is_file():
+        log.warning("--overwrite: removing the earlier run in %s", run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)  # exists only when empty (check_new_run_dir)
 
 
 def fit_and_record(trainer: pl.Trainer, module: DetectorModule, data: DetectionDataModule, record: RunRecord,
@@ -265,7 +320,9 @@ def fit_and_record(trainer: pl.Trainer, module: DetectorModule, data: DetectionD
                   module.diverged["step"], module.diverged["losses"], run_dir)
         return run_dir
     if stop.stopped_at_step is not None or trainer.interrupted or trainer.received_sigterm:
-        record.save(status="interrupted", steps=trainer.global_step, timings={"train_s": train_s})
+        stopped_by = stop.signal_name or ("SIGTERM" if trainer.received_sigterm else "SIGINT")
+        record.save(status="interrupted", stopped_by=stopped_by, steps=trainer.global_step,
+                    timings={"train_s": train_s})
         log.warning("training stopped at step %d; continue it with: python scripts/train.py --resume %s",
                     trainer.global_step, run_dir)
         return run_dir
@@ -295,11 +352,25 @@ def fit_and_record(trainer: pl.Trainer, module: DetectorModule, data: DetectionD
     return run_dir
 
 
+# The exit status of scripts/train.py for each way a run ends (README: "Exit status").
+# Interrupted: 128 + the signal's number, as a shell reports a process the signal ended.
+EXIT_STATUS = {"completed": 0, "failed": 1, "diverged": 3}
+
+
+def exit_status(run_dir: Path) -> int:
+    """scripts/train.py's exit status for the run in ``run_dir``: 0 completed, 3 diverged, 1
+    failed, 130 / 143 interrupted by SIGINT / SIGTERM."""
+    record = json.loads((run_dir / "metrics.json").read_text())
+    if record["status"] == "interrupted":
+        return 128 + int(getattr(signal, record.get("stopped_by") or "SIGINT"))
+    return EXIT_STATUS.get(record["status"], 1)
+
+
 def train_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
     """``scripts/train.py``: train with the configuration of its arguments, or continue the run
     of ``--resume`` with that run's own configuration (then no other option may be given)."""
     if not args.resume:
-        return train(config_lib.from_args(args))
+        return train(config_lib.from_args(args), overwrite=args.overwrite)
     given = [a for a in argv if a.startswith("--") and not a.startswith("--resume")]
     if given:
         raise ConfigError(f"--resume continues a run with its own configuration; leave out {', '.join(given)}")
@@ -361,7 +432,7 @@ def resume_checkpoint(run_dir: Path) -> Path:
     status = json.loads((run_dir / "metrics.json").read_text()).get("status") if (run_dir / "metrics.json").is_file() else None
     if status is None:
         raise ConfigError(f"--resume {run_dir}: not a run directory (no metrics.json)")
-    if status in ("completed", "diverged"):
+    if status in FINISHED:
         raise ConfigError(f"--resume {run_dir}: the run is {status}; there is nothing to continue")
     candidates = [p for p in (run_dir / "checkpoints" / INTERRUPTED_CHECKPOINT, run_dir / "checkpoints" / LAST_CHECKPOINT)
                   if p.is_file()]

@@ -39,6 +39,7 @@ from detector.engine import config as config_lib
 from detector.engine.build import attach_gradient_probes
 from detector.engine.config import Config
 from detector.engine.io import atomic_write_json
+from detector.engine.outputs import check_new_file, default_location
 from detector.engine.training import resolve_precision, train
 from detector.lab.compare import check_reusable, run_status
 from detector.lab.profile import autocast_dtype, format_profile, profile_evaluation, profile_training, random_batches, time_trunk
@@ -55,6 +56,7 @@ def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """``scripts/benchmark.py``: the chosen sections (or the parity mode), a table on the terminal
     and the JSON written to ``args.out``."""
     cfg = config_lib.from_args(args)
+    out = check_new_file(args.out or default_location("benchmark", ".json"), overwrite=args.overwrite)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise config_lib.ConfigError("--device cuda: no CUDA device is visible")
     if cfg.train.threads:
@@ -126,8 +128,8 @@ def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
         result["gradient_stats"] = g
         print(f"\ngradient-stats: step {g['step_s'] * 1e3:.1f} ms, statistics {g['statistics_s'] * 1e3:.2f} ms: "
               f"{g['overhead_when_logged']:.2%} of a logged step, {g['overhead_averaged']:.3%} averaged", flush=True)
-    atomic_write_json(Path(args.out), result)
-    print(json.dumps({"written": args.out}))
+    atomic_write_json(out, result)
+    print(json.dumps({"written": str(out)}))
     return result
 
 
@@ -529,8 +531,8 @@ def parity(cfg: config_lib.Config, runs_dir: Path, seeds: list[int]) -> dict:
             run_dir = runs_dir / run_cfg.train.run_name
             if run_status(run_dir) == "completed":
                 check_reusable(run_cfg, run_dir)
-            else:
-                train(run_cfg)
+            else:  # an unfinished parity run of an earlier benchmark is trained again
+                train(run_cfg, overwrite=run_status(run_dir) != "missing")
             metrics = json.loads((run_dir / "metrics.json").read_text())
             stats = metrics["val"]["stats"]
             out["runs"].append({"implementation": implementation, "seed": seed, "run_dir": str(run_dir),

@@ -27,11 +27,11 @@ import torch
 from detector.engine import config as config_lib
 from detector.engine.build import resolve_classes
 from detector.engine.config import Config, ConfigError
-from detector.engine.training import resolve_precision
+from detector.engine.outputs import check_folder
+from detector.engine.training import FINISHED, resolve_precision
 from detector.lab.report import write_report
 from detector.lab.specs import parse_loss_spec
 
-FINISHED = ("completed", "diverged")
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 # Options that name or display a run but do not change what it computes.
 IGNORED_IN_MATCH = ("train.run_name", "train.out_dir", "train.progress", "train.threads")
@@ -41,6 +41,7 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
     """``scripts/compare.py``: train the matrix's unfinished cells (unless ``--runs`` names the run
     directories to report on), then write the report; returns report.md's path."""
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
+    check_folder(args.out, "report")  # a folder that cannot take the report is refused before any training
     if args.runs:
         run_dirs = [Path(d) for d in args.runs]
     else:
@@ -188,6 +189,8 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
     command = [*train_command, "--config", str(config_path)]
     if run_status(run_dir) == "interrupted" and any((run_dir / "checkpoints").glob("*.ckpt")):
         command = [*train_command, "--resume", str(run_dir)]  # continue where it was stopped
+    elif run_status(run_dir) != "missing":
+        command.append("--overwrite")  # a failed cell, or one stopped before its first checkpoint: trained again
     log_path = run_dir.parent / f"{run_dir.name}.log"
     try:
         if quiet:
@@ -201,7 +204,17 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
         where = f"; its output is in {log_path}" if quiet else " (its error is above)"
         raise ConfigError(f"{run_dir.name} could not start (exit status {result.returncode}){where}")
     if quiet:
-        os.replace(log_path, run_dir / "train.log")
+        _keep_log(log_path, run_dir / "train.log", resumed="--resume" in command)
+
+
+def _keep_log(log_path: Path, kept: Path, *, resumed: bool) -> None:
+    """The cell's log into its run directory; a resumed cell's after the log of its earlier part."""
+    if resumed and kept.is_file():
+        with kept.open("a") as handle:
+            handle.write(log_path.read_text())
+        log_path.unlink()
+    else:
+        os.replace(log_path, kept)
 
 
 class MatrixProgress:

@@ -29,6 +29,8 @@ from detector.data.transforms import resized_size
 from detector.engine import config as config_lib
 from detector.engine.build import build_dataset, resolve_classes
 from detector.engine.config import Config
+from detector.engine.io import atomic_write_text
+from detector.engine.outputs import check_folder, claim_folder, default_location
 from detector.lab.plots import plot_box_sizes
 from detector.model import AnchorGenerator
 from detector.model.backbone import STRIDE
@@ -67,13 +69,21 @@ class SplitSummary:
 
 
 def inspect_from_args(args: argparse.Namespace) -> str:
-    """``scripts/inspect_data.py``: the report of the configuration of its arguments; draws the
-    histogram to ``args.plot``. Returns the report's text."""
+    """``scripts/inspect_data.py``: the report of the configuration of its arguments; writes it
+    (report.txt) and the box-size histogram into ``args.out`` (default: a new
+    runs/inspect-<dataset>-<time>). Returns the report's text."""
     cfg = config_lib.from_args(args)
+    out = Path(args.out) if args.out else default_location(f"inspect-{cfg.data.name}")
+    check_folder(out, "data inspection")  # before the data are read
     cfg.data.classes = resolve_classes(cfg.data)
     summaries = inspect_data(cfg)
-    plot_box_sizes({s.role: np.sqrt(s.box_sizes.prod(axis=1)) for s in summaries}, cfg.model.anchor_sizes, args.plot)
-    return format_report(cfg, summaries) + f"\nbox-size histogram: {args.plot}"
+    folder = claim_folder(out, "data inspection")
+    histogram = plot_box_sizes({s.role: np.sqrt(s.box_sizes.prod(axis=1)) for s in summaries}, cfg.model.anchor_sizes,
+                               out / f"box_sizes.{args.format}")
+    report = format_report(cfg, summaries)
+    atomic_write_text(out / "report.txt", report + "\n")
+    folder.finish(["report.txt", histogram.name])
+    return report + f"\nreport and box-size histogram in {out}"
 
 
 def inspect_data(cfg: Config) -> list[SplitSummary]:

@@ -22,6 +22,7 @@ from PIL import Image  # noqa: E402
 
 from detector.engine import ConfigError, atomic_path, read_csv_rows  # noqa: E402
 from detector.engine.drawing import text_colour  # noqa: E402
+from detector.engine.outputs import check_new_file, default_location  # noqa: E402
 from detector.model import REGISTRY, build_loss  # noqa: E402
 
 # Markers per label where line styles have another meaning or there are no lines.
@@ -34,9 +35,13 @@ DELTA_CURVES = [("l2", {}), ("l1", {}), ("smooth_l1", {"beta": 1 / 9}), ("smooth
 def plot_from_args(args: argparse.Namespace) -> Path:
     """``scripts/plot_losses.py``: every loss and its derivative, or the gradient statistics of
     the run directories given with ``--gradients``."""
-    out = Path(args.out).with_suffix(f".{args.format}") if args.format else Path(args.out)
+    if args.out:
+        out = Path(args.out).with_suffix(f".{args.format}") if args.format else Path(args.out)
+    else:
+        out = default_location("gradients" if args.gradients else "loss_curves", f".{args.format or 'png'}")
     if out.suffix.lstrip(".") not in FORMATS:
         raise ConfigError(f"--out {args.out}: a figure is written as {', '.join(FORMATS)}; choose a suffix or --format")
+    check_new_file(out, overwrite=args.overwrite)
     if not args.gradients:
         return plot_loss_curves(out)
     tables = {}

@@ -29,6 +29,7 @@ from detector.engine import atomic_write_json, atomic_write_text, build_dataset,
 from detector.engine import config as config_lib
 from detector.engine.config import Config, ConfigError, DataConfig, from_dict
 from detector.engine.drawing import class_colour
+from detector.engine.outputs import claim_folder
 from detector.engine.versions import describe
 from detector.lab.plots import (
     plot_ap_vs_iou,
@@ -338,7 +339,8 @@ def code_versions(rows: list[dict[str, Any]]) -> str:
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, baseline: str = "smooth_l1",
                  fmt: str = "png") -> Path:
     """report.md (tables and figures in format ``fmt``: png, pdf or svg), results.csv (one row
-    per run) and results.json in ``out_dir``."""
+    per run) and results.json in ``out_dir``: a new or empty folder, or one holding an earlier
+    report, which this one replaces (engine/outputs.py)."""
     out_dir = Path(out_dir)
     rows = [load_run(d) for d in run_dirs]
     check_same_dataset(rows)
@@ -349,7 +351,11 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
     single = all(len(c.completed) <= 1 for c in conditions)
     over_seeds = "single runs (one seed per condition)" if single else "mean over seeds"
 
+    folder = claim_folder(out_dir, "report")
+    written = ["report.md", "results.csv", "results.json"]
+
     def figure(name: str, caption: str) -> str:
+        written.append(f"{name}.{fmt}")
         return f"![{caption}]({name}.{fmt})"
 
     sections = [
@@ -407,6 +413,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
         "summary": [_jsonable(row) for row in summary],
         "runs": [{k: v for k, v in r.items() if k not in ("path", "data")} for r in rows],
     })
+    folder.finish(written)
     return out_dir / "report.md"
 
 

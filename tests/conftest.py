@@ -1,0 +1,32 @@
+"""Suite-wide checks: the suite leaves the checkout as it found it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_status() -> str | None:
+    """``git status --porcelain`` of the checkout (tracked changes and untracked, not ignored,
+    files), or None outside a git checkout."""
+    try:
+        result = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """No test, and no script a test runs with its default outputs, may change a tracked file
+    or leave an untracked one in the checkout."""
+    before = git_status()
+    yield
+    after = git_status()
+    if before is not None:
+        assert after == before, f"the test suite changed the checkout:\nbefore:\n{before}\nafter:\n{after}"
