@@ -25,7 +25,8 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run directory of --run-name if it holds a run (default: refuse)")
     args = parser.parse_args()
-    from detector.engine.training import exit_status, train_from_args  # torch loads once the arguments are known
+    from detector.engine.rundir import exit_status  # torch loads once the arguments are known
+    from detector.engine.training import train_from_args
 
     return exit_status(train_from_args(args, sys.argv[1:]))
 

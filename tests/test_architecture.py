@@ -66,3 +66,12 @@ def test_ruff_is_clean():
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
     result = subprocess.run([ruff, "check", "detector", "scripts", "tests"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_one_version_read_from_one_place():
+    import importlib.metadata
+
+    import detector
+    from detector.engine.versions import code_version
+
+    assert importlib.metadata.version("detector") == detector.__version__ == code_version()["package"]

@@ -451,6 +451,10 @@ def test_train_script_reports_a_truncated_image_with_status_2(tmp_path):
     assert result.returncode == 2, result.stderr
     assert f"\nerror: {bad}: {TRUNCATED_PNG}{SKIP_HINT}\n" in "\n" + result.stderr
     assert "Traceback" not in result.stderr
+    # The run is marked failed with the same one line, not the DataLoader worker's traceback.
+    (metrics,) = tmp_path.glob("coco-*/metrics.json")
+    record = json.loads(metrics.read_text())
+    assert record["status"] == "failed" and record["error"] == f"DataError: {bad}: {TRUNCATED_PNG}{SKIP_HINT}"
 
 
 # ----------------------------------------------------------------------------- fuzzing

@@ -147,8 +147,8 @@ def test_compare_script_trains_then_reports_without_retraining(tmp_path):
 
 def test_parity_configurations_differ_only_where_the_implementations_do(tmp_path):
     from detector.engine import config as config_lib
-    from detector.lab.benchmark import parity_configs
     from detector.lab.compare import config_differences
+    from detector.lab.parity import parity_configs
 
     configs = parity_configs(config_lib.load(), str(tmp_path), seed=2)
     ours, theirs = configs["ours"], configs["torchvision"]
@@ -162,3 +162,46 @@ def test_parity_configurations_differ_only_where_the_implementations_do(tmp_path
         "model.predictor_init: 'detectron' != 'torchvision'",
         "train.gradient_stats: False != True",
     ]
+
+
+def _finished_run(tmp_path, cfg):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config_lib.save(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+@pytest.mark.parametrize("override", ["data.num_workers=2", "train.accelerator=cpu", "train.threads=1",
+                                      "train.channels_last=false", "data.skip_bad_images=true", "train.logger=tensorboard",
+                                      "train.progress=false", "model.roi_align_kernel=torchvision"])
+def test_a_rerun_that_changes_only_how_cells_run_reuses_the_finished_runs(tmp_path, override):
+    run_dir = _finished_run(tmp_path, Config())
+    check_reusable(config_lib.load(overrides=[override]), run_dir)  # no error: reused
+    from detector.lab.report import group_runs
+
+    rows = [{"loss": "smooth_l1", "loss_name": "smooth_l1", "noise": 0.0, "params": {}, "options": options}
+            for options in ({}, dict([override.split("=")]))]
+    assert len(group_runs(rows)) == 1  # and the report groups them as one condition
+
+
+@pytest.mark.parametrize("override", ["train.lr=0.01", "train.devices=2", "train.precision=32-true", "loss.weight=2",
+                                      "loss.rpn_name=l1"])
+def test_a_rerun_that_changes_a_result_is_refused_and_makes_another_condition(tmp_path, override):
+    run_dir = _finished_run(tmp_path, Config())
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"holds a finished run made with a different configuration \\({key}: "):
+        check_reusable(config_lib.load(overrides=[override]), run_dir)
+    from detector.lab.report import group_runs
+
+    changed = config_lib.flatten(config_lib.load(overrides=[override]))[key]
+    rows = [{"loss": "smooth_l1", "loss_name": "smooth_l1", "noise": 0.0, "params": {}, "options": options}
+            for options in ({}, {key: changed})]
+    conditions = group_runs(rows)
+    assert len(conditions) == 2 and conditions[1].options == ((key, changed),)
+
+
+def test_a_spec_with_a_weight_sets_the_losss_weight(tmp_path):
+    cell = plan(["l2(weight=4.5)"], [0], [0.0])[0]
+    assert cell.name == "l2-weight4.5-seed0"
+    cfg = cell_config(Config(), cell, tmp_path)
+    assert cfg.loss.name == "l2" and cfg.loss.weight == 4.5 and cfg.loss.args == {}

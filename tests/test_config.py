@@ -78,3 +78,62 @@ def test_unknown_option_message_stays_short():
         config_lib.load(overrides=["model.box_score_treshold=0.9"])
     assert "did you mean 'model.box_score_thresh'?" in str(error.value)
     assert "train.lr" not in str(error.value) and len(str(error.value)) < 800
+
+
+# ----------------------------------------------------------------------------- option roles
+
+
+def test_every_option_declares_its_roles():
+    assert config_lib.undeclared() == []
+    roles = config_lib.option_roles()
+    assert list(roles) == config_lib.valid_keys()
+    assert all(r.after_training in (None, *config_lib.AFTER_TRAINING) for r in roles.values())
+    assert all(r.readers is None or set(r.readers) <= set(config_lib.CHOICES["data.name"]) for r in roles.values())
+
+
+def test_an_option_without_roles_is_found_and_named():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Section:
+        declared: int = config_lib.option(1)
+        plain: int = 2
+
+    @dataclasses.dataclass
+    class WithPlainField:
+        train: Section = dataclasses.field(default_factory=Section)
+
+    assert config_lib.undeclared(WithPlainField) == ["train.plain"]
+
+
+def test_declared_choices_are_validated_for_every_option_that_has_them():
+    for key, choices in config_lib.CHOICES.items():
+        with pytest.raises(ConfigError, match=f"option '{key}' is 'nope'; valid choices: {', '.join(map(str, choices))}"):
+            config_lib.load(overrides=[f"{key}=nope"])
+    assert "model.predictor_init" in config_lib.CHOICES  # once checked by hand outside the table
+
+
+def test_the_lists_of_options_elsewhere_are_the_declared_roles():
+    from detector.engine import inference
+    from detector.lab import compare, report
+
+    roles = config_lib.option_roles()
+    assert set(compare.IGNORED_IN_MATCH) == {k for k, r in roles.items() if not r.result}
+    assert set(report.NOT_CONDITIONS) == {k for k, r in roles.items() if not r.condition}
+    assert set(inference.POSTPROCESSING_OPTIONS) == {k for k, r in roles.items() if r.after_training == "postprocessing"}
+    assert {"train.accelerator", "train.precision", "data.batch_size", "data.num_workers"} <= set(inference.RUNTIME_OPTIONS)
+    assert "data.root" in inference.EVALUATION_DATA_OPTIONS and "data.classes" not in inference.EVALUATION_DATA_OPTIONS
+    # A report's conditions split by exactly the options compare matches, but for the matrix's own
+    # axes: the seed (the repetition) and the noise level (the report's axis).
+    assert set(report.NOT_CONDITIONS) - set(compare.IGNORED_IN_MATCH) == {"train.seed", "data.train_box_noise"}
+
+
+def test_validation_runs_section_by_section():
+    with pytest.raises(ConfigError, match=r"option 'data.batch_size' is 0; it must be >= 1"):
+        config_lib.validate_data(config_lib.DataConfig(batch_size=0))
+    with pytest.raises(ConfigError, match=r"option 'train.lr' is -1.0; it must be > 0"):
+        config_lib.validate_train(config_lib.TrainConfig(lr=-1.0))
+    with pytest.raises(ConfigError, match=r"option 'model.feature_channels' is 4; it must be >= 8"):
+        config_lib.validate_model(config_lib.ModelConfig(feature_channels=4))
+    with pytest.raises(ConfigError, match="'loss.rpn_weight' is set but 'loss.rpn_name' is not"):
+        config_lib.validate_loss(config_lib.LossConfig(rpn_weight=2.0))

@@ -298,3 +298,18 @@ def test_ground_truth_scores_perfectly_in_cocoeval(small_root):
         evaluator.accumulate()
         evaluator.summarize()
     assert evaluator.stats[0] == pytest.approx(1.0) and evaluator.stats[1] == pytest.approx(1.0)
+
+
+POOLED = {**SMALL, "num_train": 70}  # 82 images: enough for the generator's own process pool
+
+
+def _generate_in_a_pool_worker(root: str) -> int:
+    return len(list((ensure_shapes(root, **POOLED, num_workers=2) / "train").glob("*.png")))
+
+
+def test_a_pool_worker_generates_the_dataset_without_a_pool_of_its_own(tmp_path):
+    """A daemonic process cannot start the generator's process pool: it renders the images itself."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_generate_in_a_pool_worker, (str(tmp_path / "s"),)) == POOLED["num_train"]

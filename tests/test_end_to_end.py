@@ -168,7 +168,8 @@ def test_evaluate_applies_post_processing_and_records_it(shapes_run, tmp_path, m
 @pytest.mark.parametrize("script, args, message", [
     ("evaluate.py", ["--set", "train.lr=0.1", "model.anchor_sizes=[8]"],
      "error: model.anchor_sizes, train.lr cannot apply to a trained model (training fixed them); evaluate.py "
-     "applies: model.box_score_thresh, "),
+     "applies: data.min_size, data.max_size, model.rpn_pre_nms_top_n_test, model.rpn_post_nms_top_n_test, "
+     "model.box_score_thresh, "),
     ("predict.py", ["shapes/val", "--out", "predictions", "--data-root", "elsewhere"], "unrecognized arguments"),
     ("predict.py", ["shapes/val", "--out", "predictions", "--set", "data.val_split=train"],
      "error: data.val_split cannot apply to a trained model (training fixed it); predict.py applies: "),
@@ -351,19 +352,19 @@ def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 @pytest.mark.parametrize("fast_bf16", [True, False])
 def test_precision_on_the_cpu_follows_its_bf16_support(caplog, monkeypatch, fast_bf16):
-    from detector.engine import training
+    from detector.engine import trainers
 
-    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(trainers, "cpu_has_fast_bf16", lambda: fast_bf16)
     expected = "bf16-mixed" if fast_bf16 else "32-true"
     cfg = config_lib.load(REPO / "configs" / "shapes_gpu.yaml", overrides=["train.accelerator=auto"])
     assert cfg.train.precision == "bf16-mixed"
-    training.resolve_precision(cfg)
+    trainers.resolve_precision(cfg)
     assert cfg.train.precision == expected
     assert ("needs a GPU or a CPU with native bf16" in caplog.text) is not fast_bf16
     cfg = config_lib.load()  # the default preset: auto
     assert cfg.train.precision == "auto"
-    training.resolve_precision(cfg)
+    trainers.resolve_precision(cfg)
     assert cfg.train.precision == expected
     cfg = config_lib.load(overrides=["train.precision=16-mixed"])
-    training.resolve_precision(cfg)
+    trainers.resolve_precision(cfg)
     assert cfg.train.precision == "32-true"  # fp16 autocast is never used on a CPU

@@ -124,16 +124,22 @@ def test_predictor_initialisation_follows_the_option():
         assert layer.bias.abs().max().item() <= 0.125 and layer.bias.any()
 
 
-def test_large_feature_maps_fall_back_to_torchvision_roi_align(monkeypatch):
+def test_every_roi_align_kernel_gives_the_same_predictions(monkeypatch):
     import detector.model.roi_heads as roi_heads
 
-    model = build_model(config_lib.load(overrides=SMALL), num_classes=3).eval()
     features = torch.randn(2, 32, 8, 10)
     rois = torch.tensor([[[0.0, 0.0, 30.0, 30.0]], [[10.0, 5.0, 60.0, 40.0]]])
-    separable = model.roi_heads.predict(features, rois)
+    models, predictions = {}, {}
+    for kernel in ("auto", "separable", "torchvision"):
+        torch.manual_seed(0)
+        models[kernel] = build_model(config_lib.load(overrides=[*SMALL, f"model.roi_align_kernel={kernel}"]),
+                                     num_classes=3).eval()
+        predictions[kernel] = models[kernel].roi_heads.predict(features, rois)
+    torch.testing.assert_close(predictions["separable"], predictions["torchvision"])
+    torch.testing.assert_close(predictions["auto"], predictions["separable"])  # small maps: separable
+    # Large feature maps: "auto" falls back to torchvision's kernel.
     monkeypatch.setattr(roi_heads, "SEPARABLE_ROI_ALIGN_MAX_ELEMENTS", 0)
-    fallback = model.roi_heads.predict(features, rois)
-    torch.testing.assert_close(separable, fallback)
+    torch.testing.assert_close(models["auto"].roi_heads.predict(features, rois), predictions["torchvision"])
 
 
 @pytest.mark.parametrize("name", ["smooth_l1", "giou"])

@@ -237,7 +237,7 @@ def test_default_run_names_never_collide(tmp_path, monkeypatch):
     """Two runs started within the same second get two directories."""
     cfg = config_lib.load(overrides=TINY + [f"data.root={tmp_path / 'shapes'}", f"train.out_dir={tmp_path / 'runs'}",
                                             "train.max_steps=1"])
-    monkeypatch.setattr("detector.engine.training.default_run_name", lambda cfg: "same-name")
+    monkeypatch.setattr("detector.engine.rundir.default_run_name", lambda cfg: "same-name")
     first = train(config_lib.from_dict(config_lib.to_dict(cfg)))
     second = train(config_lib.from_dict(config_lib.to_dict(cfg)))
     assert (first.name, second.name) == ("same-name", "same-name-2")

@@ -210,50 +210,63 @@ def _load_json(path: Path) -> dict:
 def _check_fields(data: dict, path: Path) -> None:
     """Types, unique ids and cross-references; a failure names the entry (by its id once that
     is valid) and the field."""
+    category_ids = _unique_ids(data, "categories", "category", path)
+    image_ids = _unique_ids(data, "images", "image", path)
+    _unique_ids(data, "annotations", "annotation", path)  # pycocotools keeps one annotation per id
+    _check_categories(data["categories"], path)
+    _check_images(data["images"], path)
+    _check_annotations(data["annotations"], image_ids, category_ids, path)
 
-    def wrong(entry: str, field: str, value: Any, expected: str) -> DataError:
-        return DataError(f"{path}: {entry}: '{field}' is {value!r:.100}; expected {expected}")
 
-    def unique_ids(key: str, singular: str) -> set[int]:
-        seen: set[int] = set()
-        for index, entry in enumerate(data[key]):
-            if not _is_int(entry["id"]):
-                raise wrong(f"{key}[{index}]", "id", entry["id"], "an integer")
-            if entry["id"] in seen:
-                raise DataError(f"{path}: {singular} id {entry['id']} occurs more than once in '{key}'")
-            seen.add(entry["id"])
-        return seen
+def _wrong(path: Path, entry: str, field: str, value: Any, expected: str) -> DataError:
+    return DataError(f"{path}: {entry}: '{field}' is {value!r:.100}; expected {expected}")
 
-    category_ids = unique_ids("categories", "category")
-    image_ids = unique_ids("images", "image")
-    unique_ids("annotations", "annotation")  # pycocotools keeps one annotation per id
-    for cat in data["categories"]:
+
+def _unique_ids(data: dict, key: str, singular: str, path: Path) -> set[int]:
+    seen: set[int] = set()
+    for index, entry in enumerate(data[key]):
+        if not _is_int(entry["id"]):
+            raise _wrong(path, f"{key}[{index}]", "id", entry["id"], "an integer")
+        if entry["id"] in seen:
+            raise DataError(f"{path}: {singular} id {entry['id']} occurs more than once in '{key}'")
+        seen.add(entry["id"])
+    return seen
+
+
+def _check_categories(categories: list[dict], path: Path) -> None:
+    for cat in categories:
         if not isinstance(cat["name"], str):
-            raise wrong(f"category {cat['id']}", "name", cat["name"], "a string")
-    repeated = [name for name, count in Counter(cat["name"] for cat in data["categories"]).items() if count > 1]
+            raise _wrong(path, f"category {cat['id']}", "name", cat["name"], "a string")
+    repeated = [name for name, count in Counter(cat["name"] for cat in categories).items() if count > 1]
     if repeated:  # classes are chosen and reported by name
         raise DataError(f"{path}: more than one category is named {repeated[0]!r:.100}; names must be unique")
-    for image in data["images"]:
+
+
+def _check_images(images: list[dict], path: Path) -> None:
+    for image in images:
         name = image["file_name"]
         if not isinstance(name, str) or not name or "\0" in name:
-            raise wrong(f"image {image['id']}", "file_name", name, "a file name")
+            raise _wrong(path, f"image {image['id']}", "file_name", name, "a file name")
         for side in ("width", "height"):
             value = image[side]
             if not (_is_finite_number(value) and value == int(value) and 1 <= value <= MAX_IMAGE_SIDE):
-                raise wrong(f"image {image['id']}", side, value, f"a whole number of pixels from 1 to {MAX_IMAGE_SIDE}")
-    for ann in data["annotations"]:
+                raise _wrong(path, f"image {image['id']}", side, value, f"a whole number of pixels from 1 to {MAX_IMAGE_SIDE}")
+
+
+def _check_annotations(annotations: list[dict], image_ids: set[int], category_ids: set[int], path: Path) -> None:
+    for ann in annotations:
         entry = f"annotation {ann['id']}"
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_finite_number, bbox))):
-            raise wrong(entry, "bbox", bbox, "[x, y, w, h], 4 finite numbers")
+            raise _wrong(path, entry, "bbox", bbox, "[x, y, w, h], 4 finite numbers")
         if not (_is_int(ann["image_id"]) and ann["image_id"] in image_ids):
-            raise wrong(entry, "image_id", ann["image_id"], "the id of an entry of 'images'")
+            raise _wrong(path, entry, "image_id", ann["image_id"], "the id of an entry of 'images'")
         if not (_is_int(ann["category_id"]) and ann["category_id"] in category_ids):
-            raise wrong(entry, "category_id", ann["category_id"], "the id of an entry of 'categories'")
+            raise _wrong(path, entry, "category_id", ann["category_id"], "the id of an entry of 'categories'")
         if ann.get("iscrowd", 0) not in (0, 1):
-            raise wrong(entry, "iscrowd", ann["iscrowd"], "0 or 1")
+            raise _wrong(path, entry, "iscrowd", ann["iscrowd"], "0 or 1")
         if "area" in ann and not _is_finite_number(ann["area"]):
-            raise wrong(entry, "area", ann["area"], "a finite number")
+            raise _wrong(path, entry, "area", ann["area"], "a finite number")
 
 
 def _select(data: dict, classes: Sequence[str] | None, categories: Sequence[str], holdout: Holdout | None,

@@ -154,7 +154,8 @@ def _generate(out: Path, meta: dict, num_workers: int | None) -> None:
         jobs += [(str(out / split), split_index, i, meta["image_size"], meta["seed"]) for i in range(counts[split])]
 
     workers = num_workers or _available_cpus()
-    if workers > 1 and len(jobs) > 64:
+    # A daemonic process (a pool's worker) cannot start processes of its own: it renders alone.
+    if workers > 1 and len(jobs) > 64 and not multiprocessing.current_process().daemon:
         # fork: the children only need numpy and PIL, and fork avoids re-importing torch and
         # Lightning in every worker (spawn costs seconds per process).
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None

@@ -178,7 +178,7 @@ def build_model(cfg: Config, num_classes: int, trunk_state: dict[str, Tensor] | 
         fg_iou_thresh=m.box_fg_iou_thresh, bg_iou_thresh=m.box_bg_iou_thresh,
         batch_size_per_image=m.box_batch_size_per_image, positive_fraction=m.box_positive_fraction,
         score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,
-        detections_per_image=m.detections_per_image,
+        detections_per_image=m.detections_per_image, roi_align_kernel=m.roi_align_kernel,
     )
     return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=roi_heads, channels_last=cfg.train.channels_last,
                       **image_normalisation(m))

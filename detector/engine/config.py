@@ -22,159 +22,209 @@ import yaml
 
 from detector.engine.errors import ConfigError
 from detector.engine.io import atomic_write_text
-from detector.model import TORCHVISION_LOSS, build_loss, named_weights
+from detector.model import ROI_ALIGN_KERNELS, TORCHVISION_LOSS, build_loss, named_weights
 
 __all__ = ["Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig"]
 
 
+@dataclass(frozen=True)
+class Roles:
+    """What an option is, declared once beside it; every list of options elsewhere (what compare
+    matches, what evaluate.py accepts, what a report groups by) is derived from these.
+
+    result: it changes what a run computes or records (False: only how or where a run executes,
+        e.g. devices' kind, worker processes, the run's name); compare reuses a finished run that
+        differs only in such options.
+    condition: runs of a report that differ in it are different conditions (default: ``result``;
+        the seed is a repetition and the box noise the report's own axis).
+    after_training: what it may still change for a trained model: "postprocessing" (thresholds,
+        test-time sizes), "runtime" (how inference runs) or "evaluation data" (what it is scored
+        on); None: training fixed it.
+    choices: the valid values, when there is a fixed set.
+    readers: the datasets (data.name) that read it; None: every one.
+    dataset: it says which images a run is trained and scored on (a report compares one dataset).
+    """
+
+    result: bool = True
+    condition: bool | None = None
+    after_training: str | None = None
+    choices: tuple[Any, ...] | None = None
+    readers: tuple[str, ...] | None = None
+    dataset: bool = False
+
+    def __post_init__(self):
+        if self.condition is None:
+            object.__setattr__(self, "condition", self.result)
+
+
+AFTER_TRAINING = ("postprocessing", "runtime", "evaluation data")
+
+
+def option(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **roles: Any) -> Any:
+    """A configuration field with its :class:`Roles`."""
+    return field(default=default, default_factory=factory, metadata={"roles": Roles(**roles)})
+
+
+# Data options that identify the evaluation data of a trained model, and the dataset of a run.
+_DATA = dict(dataset=True, after_training="evaluation data")
+# How a run executes, not what it computes; may change for a trained model too.
+_RUNTIME = dict(result=False, after_training="runtime")
+
+
 @dataclass
 class DataConfig:
-    name: str = "shapes"  # shapes | coco | voc
+    name: str = option("shapes", choices=("shapes", "coco", "voc"), **_DATA)
     # shapes: where the generated dataset lives; coco: the folder holding annotations/ and
     # the image folders; voc: the VOC year folder (holding JPEGImages/, Annotations/, ImageSets/)
-    root: str = "data/shapes"
-    train_split: str = "train"  # coco: train2017; voc: trainval
-    val_split: str = "val"  # coco: val2017; voc: test or val
+    root: str = option("data/shapes", **_DATA)
+    train_split: str = option("train", **_DATA)  # coco: train2017; voc: trainval
+    val_split: str = option("val", **_DATA)  # coco: val2017; voc: test or val
     # coco / voc: class names in label order (labels 1..K). Empty: found before training in the
     # training and validation splits (data/README.md says how) and written here, so config.yaml
     # records them and every loss and seed of a comparison trains the same list.
-    classes: list[str] = field(default_factory=list)
-    # Category subset by name (coco / voc), kept in class-list order; empty = all classes.
-    categories: list[str] = field(default_factory=list)
+    classes: list[str] = option(factory=list, readers=("coco", "voc"), dataset=True)
+    # Category subset by name, kept in class-list order; empty = all classes.
+    categories: list[str] = option(factory=list, **_DATA)
     # coco / voc without a validation split: hold out this fraction of the training split's
     # images (chosen by file name and split_seed, data/README.md); val_split then names that part.
-    val_fraction: float = 0.0
+    val_fraction: float = option(0.0, readers=("coco", "voc"), **_DATA)
     # Seed of that division; not train.seed, so that every seed of a comparison is validated on
     # the same images.
-    split_seed: int = 0
+    split_seed: int = option(0, **_DATA)
     # coco: instances file and image folder of each split, relative to root unless absolute.
     # Empty: root/annotations/instances_{split}.json, else Roboflow's root/{split}/_annotations.coco.json,
     # and root/{split}/.
-    train_annotations: str | None = None
-    train_images: str | None = None
-    val_annotations: str | None = None
-    val_images: str | None = None
+    train_annotations: str | None = option(None, readers=("coco",), **_DATA)
+    train_images: str | None = option(None, readers=("coco",), **_DATA)
+    val_annotations: str | None = option(None, readers=("coco",), **_DATA)
+    val_images: str | None = option(None, readers=("coco",), **_DATA)
     # voc: the folders of the images and of the XML files. VOCdevkit layout: instead of JPEGImages
     # and Annotations; a plain folder: subfolders of each split's folder (empty: the XML beside
     # the images).
-    image_folder: str | None = None
-    annotation_folder: str | None = None
-    max_train_images: int | None = None  # image subset (first N by id / list order)
-    max_val_images: int | None = None
+    image_folder: str | None = option(None, readers=("voc",), **_DATA)
+    annotation_folder: str | None = option(None, readers=("voc",), **_DATA)
+    max_train_images: int | None = option(None, dataset=True)  # image subset (first N by id / list order)
+    max_val_images: int | None = option(None, **_DATA)
     # Resize for real data, as torchvision's GeneralizedRCNNTransform: shorter side to
     # min_size, longer side capped at max_size. None keeps the stored size (shapes).
-    min_size: int | None = None
-    max_size: int | None = None
-    hflip: bool = True  # random horizontal flip of training images
-    batch_size: int = 16
-    num_workers: int = 1
-    skip_bad_images: bool = False
+    min_size: int | None = option(None, after_training="postprocessing")
+    max_size: int | None = option(None, after_training="postprocessing")
+    hflip: bool = option(True)  # random horizontal flip of training images
+    batch_size: int = option(16, after_training="runtime")
+    num_workers: int = option(1, **_RUNTIME)
+    # A run that completes without it read no bad image, so it trained on the same images.
+    skip_bad_images: bool = option(False, **_RUNTIME)
     # Outlier labels: this fraction of the training boxes is displaced once, the same boxes for
     # every loss and training seed (detector/data/noise.py). Validation stays clean.
-    train_box_noise: float = 0.0
-    train_box_noise_seed: int = 0
+    train_box_noise: float = option(0.0, condition=False)  # a report's own axis, not an option condition
+    train_box_noise_seed: int = option(0)
     # Generation of the bundled shapes dataset (ignored for coco / voc).
-    shapes_image_size: int = 128
-    shapes_num_train: int = 1500
-    shapes_num_val: int = 300
-    shapes_seed: int = 0
+    shapes_image_size: int = option(128, readers=("shapes",), **_DATA)
+    shapes_num_train: int = option(1500, readers=("shapes",), **_DATA)
+    shapes_num_val: int = option(300, readers=("shapes",), **_DATA)
+    shapes_seed: int = option(0, readers=("shapes",), **_DATA)
 
 
 @dataclass
 class ModelConfig:
     # "torchvision": torchvision's FasterRCNN configured like ours (detector/model/reference.py), the
     # reference of the benchmark's accuracy-parity mode; its loss is hard-wired smooth L1.
-    implementation: str = "ours"  # ours | torchvision
-    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    implementation: str = option("ours", choices=("ours", "torchvision"))
+    backbone: str = option("resnet18", choices=("resnet18", "resnet34", "resnet50"))
     # Pretrained trunk: "imagenet" (torchvision's default weights of the backbone), a torchvision
     # weights name ("ResNet50_Weights.IMAGENET1K_V2" or "IMAGENET1K_V2"; through torchvision's
     # weights API and cache, downloaded once), or a local torchvision-format state dict file.
     # Empty: random init. With weights, batch norm in the trunk is frozen and only the last
     # trainable_layers stages of (layer4, layer3, layer2, layer1, conv1) train, as torchvision's
     # trainable_backbone_layers (this trunk has no layer4: 1 trains none of it, 5 all of it).
-    weights: str | None = None
-    trainable_layers: int = 3
+    weights: str | None = option(None)
+    trainable_layers: int = option(3)
     # Width of the merged stride-8 map. The RoI head's cost (RoIAlign output, first FC layer)
     # scales with it; 64 is enough for the shapes preset and keeps a CPU step cheap.
-    feature_channels: int = 64
+    feature_channels: int = option(64)
     # Anchors on the single stride-8 feature map (pixels, and height/width ratios).
-    anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    anchor_sizes: list[int] = option(factory=lambda: [8, 16, 32, 64])
+    aspect_ratios: list[float] = option(factory=lambda: [0.5, 1.0, 2.0])
     # Anchor centres at (i + anchor_offset) * stride: 0.5 is the cell centre, 0.0 the cell
     # corner of torchvision and detectron2 (ANCHOR_GENERATOR.OFFSET).
-    anchor_offset: float = 0.5
-    rpn_fg_iou_thresh: float = 0.7
-    rpn_bg_iou_thresh: float = 0.3
-    rpn_batch_size_per_image: int = 256
-    rpn_positive_fraction: float = 0.5
-    rpn_pre_nms_top_n_train: int = 600
-    rpn_pre_nms_top_n_test: int = 600
-    rpn_post_nms_top_n_train: int = 300
-    rpn_post_nms_top_n_test: int = 150
-    rpn_nms_thresh: float = 0.7
-    rpn_min_size: float = 1.0
-    roi_output_size: int = 7
-    roi_sampling_ratio: int = 2
+    anchor_offset: float = option(0.5)
+    rpn_fg_iou_thresh: float = option(0.7)
+    rpn_bg_iou_thresh: float = option(0.3)
+    rpn_batch_size_per_image: int = option(256)
+    rpn_positive_fraction: float = option(0.5)
+    rpn_pre_nms_top_n_train: int = option(600)
+    rpn_pre_nms_top_n_test: int = option(600, after_training="postprocessing")
+    rpn_post_nms_top_n_train: int = option(300)
+    rpn_post_nms_top_n_test: int = option(150, after_training="postprocessing")
+    rpn_nms_thresh: float = option(0.7)
+    rpn_min_size: float = option(1.0)
+    roi_output_size: int = option(7)
+    roi_sampling_ratio: int = option(2)
     # RoIAlign's half-pixel correction (detectron2's ROIAlignV2); torchvision's FasterRCNN uses False.
-    roi_aligned: bool = True
-    representation_size: int = 256
+    roi_aligned: bool = option(True)
+    # The RoIAlign kernel: "separable" (two batched matrix products, model/roi_align.py),
+    # torchvision's, or "auto" (separable while its matrices stay small). Both give the same values.
+    roi_align_kernel: str = option("auto", choices=ROI_ALIGN_KERNELS, **_RUNTIME)
+    representation_size: int = option(256)
     # Box predictor's initial weights: "detectron" draws normal(0.01) for the classifier and
     # normal(0.001) for the deltas; "torchvision" keeps nn.Linear's default, as its FastRCNNPredictor.
-    predictor_init: str = "detectron"  # detectron | torchvision
-    box_fg_iou_thresh: float = 0.5
-    box_bg_iou_thresh: float = 0.5
-    box_batch_size_per_image: int = 128
-    box_positive_fraction: float = 0.25
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    detections_per_image: int = 100
+    predictor_init: str = option("detectron", choices=("detectron", "torchvision"))
+    box_fg_iou_thresh: float = option(0.5)
+    box_bg_iou_thresh: float = option(0.5)
+    box_batch_size_per_image: int = option(128)
+    box_positive_fraction: float = option(0.25)
+    box_score_thresh: float = option(0.05, after_training="postprocessing")
+    box_nms_thresh: float = option(0.5, after_training="postprocessing")
+    detections_per_image: int = option(100, after_training="postprocessing")
 
 
 @dataclass
 class LossConfig:
-    name: str = "smooth_l1"  # regression loss of the box head (and of the RPN unless rpn_name)
-    args: dict[str, Any] = field(default_factory=dict)  # e.g. {beta: 0.111}
-    weight: float | None = None  # None: the loss's published default
+    name: str = option("smooth_l1")  # regression loss of the box head (and of the RPN unless rpn_name)
+    args: dict[str, Any] = option(factory=dict)  # e.g. {beta: 0.111}
+    weight: float | None = option(None)  # None: the loss's published default
     # A different RPN loss. Its parameters and weight are its own (args/weight above belong to
     # `name`, and e.g. smooth_l1's beta means nothing to giou); unset, the RPN uses the above.
-    rpn_name: str | None = None
-    rpn_args: dict[str, Any] = field(default_factory=dict)
-    rpn_weight: float | None = None
+    rpn_name: str | None = option(None)
+    rpn_args: dict[str, Any] = option(factory=dict)
+    rpn_weight: float | None = option(None)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    max_steps: int = -1  # > 0 stops after this many optimiser steps
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9  # sgd only
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | constant
-    grad_clip: float | None = None
-    accelerator: str = "auto"  # auto | cpu | gpu
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
+    epochs: int = option(10)
+    max_steps: int = option(-1)  # > 0 stops after this many optimiser steps
+    optimizer: str = option("adamw", choices=("adamw", "sgd"))
+    lr: float = option(3e-3)
+    weight_decay: float = option(1e-4)
+    momentum: float = option(0.9)  # sgd only
+    warmup_steps: int = option(100)
+    schedule: str = option("cosine", choices=("cosine", "constant"))
+    grad_clip: float | None = option(None)
+    accelerator: str = option("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"), **_RUNTIME)
+    # More devices or nodes make a larger global batch (data.batch_size is per device): another run.
+    devices: int = option(1, after_training="runtime")
+    num_nodes: int = option(1, after_training="runtime")
+    strategy: str = option("auto", **_RUNTIME)
     # auto: bf16 autocast where the hardware computes bf16 natively (GPUs with bf16, CPUs with
     # AVX512-BF16 or AMX), fp32 elsewhere; the run records what it resolved to.
-    precision: str = "auto"
+    precision: str = option("auto", choices=("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
+                            after_training="runtime")
     # The trunk's convolutions in channels-last memory layout (oneDNN's fast path on CPUs, tensor
     # cores' on GPUs): measured here, trunk forward+backward 948 -> 635 ms at 800x1344 (batch 2).
-    channels_last: bool = True
-    seed: int = 0
-    deterministic: bool = False
-    threads: int | None = None  # torch intra-op threads on the CPU; None = torch's default
-    log_every_n_steps: int = 10
+    channels_last: bool = option(True, **_RUNTIME)
+    seed: int = option(0, condition=False)  # the repetition of a condition
+    deterministic: bool = option(False, **_RUNTIME)
+    threads: int | None = option(None, **_RUNTIME)  # torch intra-op threads on the CPU; None = torch's default
+    log_every_n_steps: int = option(10)
     # Where losses, learning rate, AP and gradient statistics go: metrics.csv (csv), or
     # TensorBoard event files as well (tensorboard; the report reads metrics.csv).
-    logger: str = "csv"  # csv | tensorboard
-    gradient_stats: bool = True  # regression-gradient statistics at logging steps (gradients.csv)
-    val_every_n_epochs: int = 5
-    out_dir: str = "runs"
-    run_name: str | None = None  # default: <dataset>-<loss>-seed<seed>-<timestamp>
-    progress: bool = True
+    logger: str = option("csv", choices=("csv", "tensorboard"), result=False)
+    gradient_stats: bool = option(True)  # regression-gradient statistics at logging steps (gradients.csv)
+    val_every_n_epochs: int = option(5)
+    out_dir: str = option("runs", result=False)
+    run_name: str | None = option(None, result=False)  # default: <dataset>-<loss>-seed<seed>-<timestamp>
+    progress: bool = option(True, **_RUNTIME)
 
 
 @dataclass
@@ -185,16 +235,27 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("shapes", "coco", "voc"),
-    "model.implementation": ("ours", "torchvision"),
-    "model.backbone": ("resnet18", "resnet34", "resnet50"),
-    "train.optimizer": ("adamw", "sgd"),
-    "train.schedule": ("cosine", "constant"),
-    "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
-    "train.precision": ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
-    "train.logger": ("csv", "tensorboard"),
-}
+def undeclared(config_type: type = Config) -> list[str]:
+    """The options of ``config_type`` declared without their Roles (a plain field or default)."""
+    return [f"{section.name}.{f.name}" for section in dataclasses.fields(config_type)
+            for f in dataclasses.fields(section.default_factory) if not isinstance(f.metadata.get("roles"), Roles)]
+
+
+def option_roles() -> dict[str, Roles]:
+    """``section.key`` -> its Roles, for every option, in declaration order."""
+    missing = undeclared()
+    if missing:
+        raise TypeError(f"options without their roles (declare them with option(...)): {', '.join(missing)}")
+    return {f"{section.name}.{f.name}": f.metadata["roles"]
+            for section in dataclasses.fields(Config) for f in dataclasses.fields(section.default_factory)}
+
+
+def options_where(test) -> tuple[str, ...]:
+    """The options whose Roles pass ``test``, e.g. ``options_where(lambda r: not r.result)``."""
+    return tuple(key for key, roles in option_roles().items() if test(roles))
+
+
+CHOICES = {key: roles.choices for key, roles in option_roles().items() if roles.choices}
 
 
 # What data.root must hold for each reader, for the messages of a missing or wrong root.
@@ -346,98 +407,123 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
             raise ConfigError(f"{source}: option '{dotted}' must be a mapping, got {value!r}")
         return dict(value)
     try:
-        if hint is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if hint is str:
-            return str(value)
+        return _coerce_scalar(value, hint)
     except (TypeError, ValueError):
         raise ConfigError(
             f"{source}: option '{dotted}' must be {hint.__name__}, got {value!r}"
         ) from None
+
+
+def _coerce_scalar(value: Any, hint: Any) -> Any:
+    """``value`` as a bool, int, float or str ``hint``; ValueError when it is not one."""
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise ValueError
+        return value
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if hint is str:
+        return str(value)
     return value
 
 
 def validate(cfg: Config) -> None:
-    """Reject impossible values at start, naming the option and the valid range or choices."""
+    """Reject impossible values at start, naming the option and the valid range or choices:
+    the declared choices of every option, then each section's own rules."""
     for dotted, choices in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
-            raise ConfigError(f"option '{dotted}' is {value!r}; valid choices: {', '.join(choices)}")
+            raise ConfigError(f"option '{dotted}' is {value!r}; valid choices: {', '.join(map(str, choices))}")
+    validate_data(cfg.data)
+    validate_model(cfg.model)
+    validate_train(cfg.train)
+    validate_loss(cfg.loss)
+    if cfg.model.implementation == "torchvision":
+        _check_torchvision_implementation(cfg)
 
-    def check(ok: bool, dotted: str, requirement: str) -> None:
+
+def _checker(section: Any, name: str):
+    """``check(ok, key, requirement)``: a ConfigError naming ``name.key``, its value and the requirement."""
+    def check(ok: bool, key: str, requirement: str) -> None:
         if not ok:
-            section, key = dotted.split(".")
-            raise ConfigError(
-                f"option '{dotted}' is {getattr(getattr(cfg, section), key)!r}; it must be {requirement}"
-            )
+            raise ConfigError(f"option '{name}.{key}' is {getattr(section, key)!r}; it must be {requirement}")
+    return check
 
-    d, m, t = cfg.data, cfg.model, cfg.train
-    check(d.batch_size >= 1, "data.batch_size", ">= 1")
-    check(d.num_workers >= 0, "data.num_workers", ">= 0")
-    check(0 <= d.train_box_noise <= 1, "data.train_box_noise", "a fraction in [0, 1]")
-    check(d.shapes_image_size >= 32, "data.shapes_image_size", ">= 32")
-    check(d.shapes_num_train >= 1, "data.shapes_num_train", ">= 1")
-    check(d.shapes_num_val >= 1, "data.shapes_num_val", ">= 1")
-    check(d.min_size is None or d.min_size >= 32, "data.min_size", "empty or >= 32")
-    check(d.max_size is None or d.max_size >= (d.min_size or 0), "data.max_size", ">= data.min_size")
+
+def validate_data(d: DataConfig) -> None:
+    check = _checker(d, "data")
+    check(d.batch_size >= 1, "batch_size", ">= 1")
+    check(d.num_workers >= 0, "num_workers", ">= 0")
+    check(0 <= d.train_box_noise <= 1, "train_box_noise", "a fraction in [0, 1]")
+    check(d.shapes_image_size >= 32, "shapes_image_size", ">= 32")
+    check(d.shapes_num_train >= 1, "shapes_num_train", ">= 1")
+    check(d.shapes_num_val >= 1, "shapes_num_val", ">= 1")
+    check(d.min_size is None or d.min_size >= 32, "min_size", "empty or >= 32")
+    check(d.max_size is None or d.max_size >= (d.min_size or 0), "max_size", ">= data.min_size")
+    check(0 <= d.val_fraction < 1, "val_fraction", "a fraction in [0, 1)")
     _check_data_sources(d)
     _check_data_root(d)
-    check(len(m.anchor_sizes) >= 1 and all(s > 0 for s in m.anchor_sizes), "model.anchor_sizes",
+
+
+def validate_model(m: ModelConfig) -> None:
+    check = _checker(m, "model")
+    check(len(m.anchor_sizes) >= 1 and all(s > 0 for s in m.anchor_sizes), "anchor_sizes",
           "a non-empty list of positive sizes")
-    check(len(m.aspect_ratios) >= 1 and all(r > 0 for r in m.aspect_ratios), "model.aspect_ratios",
+    check(len(m.aspect_ratios) >= 1 and all(r > 0 for r in m.aspect_ratios), "aspect_ratios",
           "a non-empty list of positive ratios")
-    check(0 <= m.anchor_offset < 1, "model.anchor_offset", "in [0, 1) (0.5: cell centre, 0: cell corner)")
-    check(m.feature_channels >= 8, "model.feature_channels", ">= 8")
-    check(m.predictor_init in ("detectron", "torchvision"), "model.predictor_init", "one of: detectron, torchvision")
-    check(0 < m.rpn_bg_iou_thresh <= m.rpn_fg_iou_thresh <= 1, "model.rpn_fg_iou_thresh",
+    check(0 <= m.anchor_offset < 1, "anchor_offset", "in [0, 1) (0.5: cell centre, 0: cell corner)")
+    check(m.feature_channels >= 8, "feature_channels", ">= 8")
+    check(0 < m.rpn_bg_iou_thresh <= m.rpn_fg_iou_thresh <= 1, "rpn_fg_iou_thresh",
           "in (0, 1] and >= model.rpn_bg_iou_thresh")
-    check(0 < m.box_bg_iou_thresh <= m.box_fg_iou_thresh <= 1, "model.box_fg_iou_thresh",
+    check(0 < m.box_bg_iou_thresh <= m.box_fg_iou_thresh <= 1, "box_fg_iou_thresh",
           "in (0, 1] and >= model.box_bg_iou_thresh")
     for key in ("rpn_positive_fraction", "box_positive_fraction"):
-        check(0 < getattr(m, key) <= 1, f"model.{key}", "in (0, 1]")
+        check(0 < getattr(m, key) <= 1, key, "in (0, 1]")
     for key in ("rpn_batch_size_per_image", "box_batch_size_per_image", "rpn_pre_nms_top_n_train",
                 "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
                 "roi_output_size", "roi_sampling_ratio", "representation_size", "detections_per_image"):
-        check(getattr(m, key) >= 1, f"model.{key}", ">= 1")
+        check(getattr(m, key) >= 1, key, ">= 1")
     for key in ("rpn_nms_thresh", "box_nms_thresh", "box_score_thresh"):
-        check(0 <= getattr(m, key) <= 1, f"model.{key}", "in [0, 1]")
-    check(0 <= m.trainable_layers <= 5, "model.trainable_layers", "from 0 to 5")
+        check(0 <= getattr(m, key) <= 1, key, "in [0, 1]")
+    check(0 <= m.trainable_layers <= 5, "trainable_layers", "from 0 to 5")
     if m.weights is not None:  # a name must be one of the trunk's; a file is read when a run starts
         try:
             named_weights(m.backbone, m.weights)
         except ValueError as exc:
             raise ConfigError(f"option 'model.weights': {exc}") from None
-    check(t.epochs >= 1 or t.max_steps > 0, "train.epochs", ">= 1 (or set train.max_steps)")
-    check(t.lr > 0, "train.lr", "> 0")
-    check(t.weight_decay >= 0, "train.weight_decay", ">= 0")
-    check(t.warmup_steps >= 0, "train.warmup_steps", ">= 0")
-    check(t.devices >= 1, "train.devices", ">= 1")
-    check(t.num_nodes >= 1, "train.num_nodes", ">= 1")
-    check(t.log_every_n_steps >= 1, "train.log_every_n_steps", ">= 1")
-    check(t.val_every_n_epochs >= 1, "train.val_every_n_epochs", ">= 1")
-    check(t.threads is None or t.threads >= 1, "train.threads", "empty or >= 1")
-    check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "empty or > 0")
+
+
+def validate_train(t: TrainConfig) -> None:
+    check = _checker(t, "train")
+    check(t.epochs >= 1 or t.max_steps > 0, "epochs", ">= 1 (or set train.max_steps)")
+    check(t.lr > 0, "lr", "> 0")
+    check(t.weight_decay >= 0, "weight_decay", ">= 0")
+    check(t.warmup_steps >= 0, "warmup_steps", ">= 0")
+    check(t.devices >= 1, "devices", ">= 1")
+    check(t.num_nodes >= 1, "num_nodes", ">= 1")
+    check(t.log_every_n_steps >= 1, "log_every_n_steps", ">= 1")
+    check(t.val_every_n_epochs >= 1, "val_every_n_epochs", ">= 1")
+    check(t.threads is None or t.threads >= 1, "threads", "empty or >= 1")
+    check(t.grad_clip is None or t.grad_clip > 0, "grad_clip", "empty or > 0")
     # Lightning's TensorBoardLogger writes with either package.
     if t.logger == "tensorboard" and not any(importlib.util.find_spec(p) for p in ("tensorboard", "tensorboardX")):
         raise ConfigError("option 'train.logger' is 'tensorboard' but the tensorboard package is not installed; "
                           'install it with: pip install -e ".[tensorboard]"')
-    # Loss names and parameters are checked by building them: the registry's errors list
-    # the valid names and the parameters each loss accepts.
-    for prefix, name, args in (("loss", cfg.loss.name, cfg.loss.args),
-                               ("loss.rpn", cfg.loss.rpn_name, cfg.loss.rpn_args)):
+
+
+def validate_loss(loss: LossConfig) -> None:
+    """Loss names and parameters are checked by building them: the registry's errors list the
+    valid names and the parameters each loss accepts."""
+    for prefix, name, args in (("loss", loss.name, loss.args), ("loss.rpn", loss.rpn_name, loss.rpn_args)):
         if name is None:
             if args:
                 raise ConfigError("option 'loss.rpn_args' is set but 'loss.rpn_name' is not; "
@@ -447,30 +533,21 @@ def validate(cfg: Config) -> None:
             build_loss(name, args)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{prefix}: {exc.args[0] if exc.args else exc}") from None
-    check(cfg.loss.weight is None or cfg.loss.weight > 0, "loss.weight", "empty or > 0")
-    check(cfg.loss.rpn_weight is None or cfg.loss.rpn_weight > 0, "loss.rpn_weight", "empty or > 0")
-    if cfg.loss.rpn_weight is not None and cfg.loss.rpn_name is None:
+    check = _checker(loss, "loss")
+    check(loss.weight is None or loss.weight > 0, "weight", "empty or > 0")
+    check(loss.rpn_weight is None or loss.rpn_weight > 0, "rpn_weight", "empty or > 0")
+    if loss.rpn_weight is not None and loss.rpn_name is None:
         raise ConfigError("option 'loss.rpn_weight' is set but 'loss.rpn_name' is not; use loss.weight")
-    if m.implementation == "torchvision":
-        _check_torchvision_implementation(cfg)
 
 
-# Options that only one kind of dataset reads; set for another, they would be ignored silently.
-DATA_OPTIONS_OF = {
-    "classes": ("coco", "voc"),
-    "val_fraction": ("coco", "voc"),
-    "train_annotations": ("coco",),
-    "train_images": ("coco",),
-    "val_annotations": ("coco",),
-    "val_images": ("coco",),
-    "image_folder": ("voc",),
-    "annotation_folder": ("voc",),
-}
+# Options that only some kinds of dataset read; set for another, they would be ignored silently.
+# The shapes generator's options are not checked: a checkpoint trained on shapes carries them
+# into its evaluation on other data.
+DATA_OPTIONS_OF = {key.partition(".")[2]: roles.readers for key, roles in option_roles().items()
+                   if key.startswith("data.") and roles.readers and roles.readers != ("shapes",)}
 
 
 def _check_data_sources(d: DataConfig) -> None:
-    if not 0 <= d.val_fraction < 1:
-        raise ConfigError(f"option 'data.val_fraction' is {d.val_fraction!r}; it must be a fraction in [0, 1)")
     defaults = DataConfig()
     for key, names in DATA_OPTIONS_OF.items():
         if getattr(d, key) != getattr(defaults, key) and d.name not in names:

@@ -25,7 +25,7 @@ from detector.engine.inference import (
 )
 from detector.engine.io import atomic_write_json
 from detector.engine.outputs import check_folder, claim_folder
-from detector.engine.training import build_evaluator
+from detector.engine.trainers import build_evaluator
 
 
 def evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,11 +75,11 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path
         "val": module.last_metrics,
         "timings": {"total_s": round(time.perf_counter() - started, 2)},
     }
-    folder = claim_folder(out_dir, "evaluation", identity, overwrite=overwrite)
-    atomic_write_json(out_dir / "detections.json", module.last_results)
-    atomic_write_json(out_dir / "metrics.json", record)
-    folder.finish(["detections.json", "metrics.json"])
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
+        folder = claim_folder(out_dir, "evaluation", identity, overwrite=overwrite)
+        atomic_write_json(out_dir / "detections.json", module.last_results)
+        atomic_write_json(out_dir / "metrics.json", record)
+        folder.finish(["detections.json", "metrics.json"])
         print(f"\n{checkpoint} on {cfg.data.name}/{split}: results in {out_dir}")
         print(format_metrics_table(module.last_metrics))
     return record

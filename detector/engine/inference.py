@@ -20,33 +20,16 @@ import torch
 from detector.engine import config as config_lib
 from detector.engine.config import Config, ConfigError
 from detector.engine.module import DetectorModule
-from detector.engine.training import resolve_precision
+from detector.engine.rundir import find_checkpoint
+from detector.engine.trainers import resolve_precision
 
-POSTPROCESSING_OPTIONS = (
-    "model.box_score_thresh", "model.box_nms_thresh", "model.detections_per_image",
-    "model.rpn_pre_nms_top_n_test", "model.rpn_post_nms_top_n_test", "data.min_size", "data.max_size",
-)
-RUNTIME_OPTIONS = ("train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.precision",
-                   "train.progress", "train.threads", "data.batch_size", "data.num_workers", "data.skip_bad_images")
+# What may change for a trained model, by the options' declared roles (engine/config.py).
+POSTPROCESSING_OPTIONS = config_lib.options_where(lambda roles: roles.after_training == "postprocessing")
+RUNTIME_OPTIONS = config_lib.options_where(lambda roles: roles.after_training == "runtime")
 # The evaluation's data: the dataset, where its files are, its validation split (or the held-out
 # part of the training split) and subset; the shapes set is generated. The classes are the
 # checkpoint's: evaluation refuses data whose classes differ.
-EVALUATION_DATA_OPTIONS = ("data.name", "data.root", "data.train_split", "data.val_split", "data.categories",
-                           "data.max_val_images", "data.val_fraction", "data.split_seed", "data.train_annotations",
-                           "data.train_images", "data.val_annotations", "data.val_images", "data.image_folder",
-                           "data.annotation_folder", "data.shapes_image_size", "data.shapes_num_train",
-                           "data.shapes_num_val", "data.shapes_seed")
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A .ckpt file, or a run directory (its best checkpoint, else its last)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for candidate in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no checkpoint at {path} (expected a .ckpt file or a run directory with checkpoints/)")
+EVALUATION_DATA_OPTIONS = config_lib.options_where(lambda roles: roles.after_training == "evaluation data")
 
 
 def checkpoint_digest(checkpoint: Path) -> str:

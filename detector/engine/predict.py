@@ -44,7 +44,7 @@ from detector.engine.inference import (
 )
 from detector.engine.io import atomic_path, atomic_write_json
 from detector.engine.outputs import check_folder, claim_folder, default_location
-from detector.engine.training import build_evaluator
+from detector.engine.trainers import build_evaluator
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,34 @@
-"""Benchmarks of our pipeline against torchvision's, on identical inputs, in one run.
+"""Benchmarks of our pipeline against torchvision's, on identical inputs, in one run
+(``scripts/benchmark.py``; the committed results are reports/benchmark.json).
 
 Each case runs in a fresh process (spawned), so its peak memory is its own: the peak resident
 set size above what the process held before the case started on the CPU, and
-``torch.cuda.max_memory_allocated`` on a GPU. Times are medians over repeats after warm-up;
-on a GPU each timed call ends with a synchronisation.
+``torch.cuda.max_memory_allocated`` on a GPU. Times are medians over repeats after warm-up
+(lab/timing.py); on a GPU each timed call ends with a synchronisation.
 
-Cases:
-- ``assignment``: target assignment of both stages, as the training step calls it. RPN: label
-  every anchor of the batch against padded ground truth, sample, encode. RoI heads: add the
-  ground truth to the proposals, label, sample, encode. torchvision's side is its own
+Sections (SECTIONS, each a function that measures and one that prints; JSON key in brackets):
+- ``assignment`` [assignment]: target assignment of both stages, as the training step calls it,
+  at batch sizes ``--batch-sizes`` on the anchors of 800x1333 images. RPN: label every anchor of
+  the batch against padded ground truth, sample, encode. RoI heads: add the ground truth to the
+  proposals, label, sample, encode. torchvision's side is its own
   ``RegionProposalNetwork.assign_targets_to_anchors`` + ``fg_bg_sampler`` + ``box_coder.encode``
   and ``RoIHeads.select_training_samples`` (Matcher, BalancedPositiveNegativeSampler, BoxCoder).
-- ``train_step``: forward, backward and AdamW step of the whole detector, ours against
-  torchvision's ``FasterRCNN`` configured identically (:mod:`detector.reference`).
-- ``evaluation``: COCOeval and the VOC rule on the same detections.
+- ``train-step`` [train_step]: images/s of a full training step (forward, backward, AdamW) on the
+  preset's batches, ours against torchvision's ``FasterRCNN`` configured identically
+  (detector/model/reference.py).
+- ``real-sizes`` [real_sizes]: the training step (ours with each RoIAlign kernel, torchvision's)
+  and the target assignment at BCCD-like 320x427 (batch 8) and COCO-like 800x1333 (batch 2),
+  random images and boxes, the ``--real-config`` preset's model.
+- ``evaluation`` [evaluation]: COCOeval and the VOC rule timed on the same detections.
+- ``gradient-stats`` [gradient_stats]: the cost of the regression-gradient statistics relative
+  to a training step.
+- ``levers`` [levers]: each speed lever against the code without it, the variants' calls
+  alternating in one process: the training step in fp32/bf16 x contiguous/channels-last, the
+  trunk eager against torch.compile, and faster-coco-eval against pycocotools' COCOeval (when
+  faster-coco-eval is installed).
+
+Two modes instead of the sections: ``--parity`` (lab/parity.py, reports/parity.json) and
+``--profile`` (lab/profile.py, reports/profile_*.json).
 """
 
 from __future__ import annotations
@@ -22,151 +37,208 @@ import argparse
 import contextlib
 import copy
 import io
-import itertools
 import json
 import multiprocessing
 import platform
 import resource
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from detector.data import collate
 from detector.engine import build_dataset, build_model, evaluate_coco, evaluate_voc
 from detector.engine import config as config_lib
-from detector.engine.build import attach_gradient_probes
+from detector.engine.build import ensure_generated
 from detector.engine.config import Config
 from detector.engine.io import atomic_write_json
 from detector.engine.outputs import check_new_file, default_location
-from detector.engine.training import resolve_precision, train
-from detector.lab.compare import check_reusable, run_status
-from detector.lab.profile import autocast_dtype, format_profile, profile_evaluation, profile_training, random_batches, time_trunk
-from detector.lab.report import paired_difference
+from detector.engine.trainers import resolve_precision
+from detector.lab.parity import format_parity, parity
+from detector.lab.profile import format_profile, profile_evaluation, profile_training, time_trunk
+from detector.lab.timing import cycling_steps, fresh_model, median, median_time, preset_batches, random_boxes
 from detector.model import AnchorGenerator, FasterRCNN
-from detector.model import roi_heads as roi_heads_module
 
 ASSIGNMENT_IMAGE_SIZE = (800, 1333)  # (H, W): COCO's training size
 ASSIGNMENT_PROPOSALS = 2000  # torchvision's post-NMS proposals per image in training
 ASSIGNMENT_MAX_GT = 20  # ground-truth boxes per image drawn from 1..20 (COCO averages ~7)
+# name -> (height, width, batch size): photos as the real-photo preset sizes them, and COCO's size.
+REAL_SIZES = {"bccd-like": (320, 427, 8), "coco-like": (800, 1333, 2)}
 
 
 def benchmark_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """``scripts/benchmark.py``: the chosen sections (or the parity mode), a table on the terminal
-    and the JSON written to ``args.out``."""
+    """``scripts/benchmark.py``: the chosen sections (or a mode), a table on the terminal and the
+    JSON written to ``args.out`` (a new file unless ``--overwrite``)."""
     cfg = config_lib.from_args(args)
     out = check_new_file(args.out or default_location("benchmark", ".json"), overwrite=args.overwrite)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise config_lib.ConfigError("--device cuda: no CUDA device is visible")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    # Here, before any case: a case's process is a pool's daemonic worker, which cannot start the
+    # generator's own process pool.
+    ensure_generated(cfg.data)
     device = args.device
     cfg_dict = config_lib.to_dict(cfg)
     result: dict = {"machine": {"device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
                                 "cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
                                 "torch": torch.__version__}}
     if args.parity:
-        args.sections = []
         result["parity"] = parity(cfg, Path(args.runs_dir), args.seeds)
-    if args.profile:
-        args.sections = []
+        print("\n" + format_parity(result["parity"]), flush=True)
+    elif args.profile:
         # In this process: it starts DataLoader workers, which a pool's daemonic process cannot.
         result["profile"] = profile_preset(cfg_dict, args.steps, device, args.image_size and tuple(args.image_size))
         print(format_profile(result["profile"]), flush=True)
-    if "assignment" in args.sections:
-        rows = []
-        print(f"\n{'assignment':<12}{'batch':>6}{'anchors/img':>12}{'ours (ms)':>11}{'torchvision (ms)':>18}"
-              f"{'speed-up':>10}{'ours MB':>9}{'tv MB':>8}", flush=True)
-        for batch_size in args.batch_sizes:
-            ours = run_isolated(ours_assignment, batch_size, args.repeats, cfg_dict, ASSIGNMENT_IMAGE_SIZE, device)
-            reference = run_isolated(torchvision_assignment, batch_size, args.repeats, cfg_dict, ASSIGNMENT_IMAGE_SIZE,
-                                     device)
-            row = {"batch_size": batch_size, "anchors_per_image": ours["anchors_per_image"],
-                   "ours_s": ours["time_s"], "torchvision_s": reference["time_s"],
-                   "speedup": reference["time_s"] / ours["time_s"],
-                   "ours_peak_mb": ours["peak_memory_mb"], "torchvision_peak_mb": reference["peak_memory_mb"]}
-            rows.append(row)
-            print(f"{'':<12}{batch_size:>6}{row['anchors_per_image']:>12}{row['ours_s'] * 1e3:>11.1f}"
-                  f"{row['torchvision_s'] * 1e3:>18.1f}{row['speedup']:>9.1f}x{row['ours_peak_mb']:>9.0f}"
-                  f"{row['torchvision_peak_mb']:>8.0f}", flush=True)
-        result["assignment"] = rows
-    if "train-step" in args.sections:
-        ours = run_isolated(train_step, "ours", cfg_dict, args.steps, None, None, device)
-        reference = run_isolated(train_step, "torchvision", cfg_dict, args.steps, None, None, device)
-        result["train_step"] = {"ours": ours, "torchvision": reference,
-                                "speedup": ours["images_per_s"] / reference["images_per_s"]}
-        print(f"\n{'train-step':<12}{'batch':>6}{'ours img/s':>12}{'torchvision img/s':>19}{'speed-up':>10}"
-              f"{'ours MB':>9}{'tv MB':>8}")
-        print(f"{'':<12}{ours['batch_size']:>6}{ours['images_per_s']:>12.1f}{reference['images_per_s']:>19.1f}"
-              f"{result['train_step']['speedup']:>9.2f}x{ours['peak_memory_mb']:>9.0f}"
-              f"{reference['peak_memory_mb']:>8.0f}", flush=True)
-    if "real-sizes" in args.sections:
-        result["real_sizes"] = real_sizes(config_lib.to_dict(config_lib.load(args.real_config, args.set)), args, device)
-    if "evaluation" in args.sections:
-        timing = run_isolated(evaluation, cfg_dict, device)
-        result["evaluation"] = timing
-        print(f"\nevaluation: {timing['images']} images, {timing['detections']} detections: "
-              f"COCOeval {timing['cocoeval_s']:.2f} s, VOC rule {timing['voc_rule_s']:.2f} s "
-              f"(peak {timing['peak_memory_mb']:.0f} MB)", flush=True)
-    if "levers" in args.sections:
-        lever_times = run_isolated(levers, cfg_dict, args.steps, args.repeats, device)
-        result["levers"] = lever_times
-        print(f"\nlevers: training step, batch {lever_times['batch_size']}: " + ", ".join(
-            f"{name} {seconds * 1e3:.1f} ms" for name, seconds in lever_times["train_step_s"].items()), flush=True)
-        c = lever_times["compile_trunk"]
-        print(f"\nlevers: trunk forward+backward {c['batch_shape']} ({c['precision']}): eager {c['eager_s'] * 1e3:.1f} ms, "
-              f"torch.compile {c['compiled_s'] * 1e3:.1f} ms ({c['speedup']:.2f}x; first call {c['first_call_s']:.1f} s)",
-              flush=True)
-        if "faster_coco_eval" in lever_times:
-            f = lever_times["faster_coco_eval"]
-            print(f"levers: COCOeval of {f['detections']} detections: pycocotools {f['pycocotools_s']:.2f} s, "
-                  f"faster-coco-eval {f['faster_coco_eval_s']:.2f} s ({f['speedup']:.1f}x; largest difference in "
-                  f"the 12 stats {f['max_abs_stats_difference']:.1e})", flush=True)
-    if "gradient-stats" in args.sections:
-        g = run_isolated(gradient_stats, cfg_dict, args.steps, device)
-        result["gradient_stats"] = g
-        print(f"\ngradient-stats: step {g['step_s'] * 1e3:.1f} ms, statistics {g['statistics_s'] * 1e3:.2f} ms: "
-              f"{g['overhead_when_logged']:.2%} of a logged step, {g['overhead_averaged']:.3%} averaged", flush=True)
+    else:
+        for name in args.sections:
+            section = SECTIONS[name]
+            result[section.key] = section.run(args, cfg_dict, device)
+            print("\n" + section.format(result[section.key]), flush=True)
     atomic_write_json(out, result)
     print(json.dumps({"written": str(out)}))
     return result
 
 
-# name -> (height, width, batch size): photos as the real-photo preset sizes them, and COCO's size.
-REAL_SIZES = {"bccd-like": (320, 427, 8), "coco-like": (800, 1333, 2)}
+# ----------------------------------------------------------------------------- sections
 
 
-def real_sizes(cfg_dict: dict[str, Any], args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
-    """At each of REAL_SIZES, with the real-photo preset's model: the training step of ours (with
-    each RoIAlign path) and of torchvision's detector on the same random images and boxes, and
-    both stages' target assignment."""
+def run_assignment(args: argparse.Namespace, cfg_dict: dict[str, Any], device: str) -> list[dict[str, Any]]:
     rows = []
-    print(f"\n{'real sizes':<12}{'case':<34}{'img/s':>8}{'ms':>9}{'vs tv':>7}{'MB':>7}", flush=True)
+    for batch_size in args.batch_sizes:
+        ours = run_isolated(ours_assignment, batch_size, args.repeats, cfg_dict, ASSIGNMENT_IMAGE_SIZE, device)
+        reference = run_isolated(torchvision_assignment, batch_size, args.repeats, cfg_dict, ASSIGNMENT_IMAGE_SIZE,
+                                 device)
+        rows.append({"batch_size": batch_size, "anchors_per_image": ours["anchors_per_image"],
+                     "ours_s": ours["time_s"], "torchvision_s": reference["time_s"],
+                     "speedup": reference["time_s"] / ours["time_s"],
+                     "ours_peak_mb": ours["peak_memory_mb"], "torchvision_peak_mb": reference["peak_memory_mb"]})
+    return rows
+
+
+def format_assignment(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'assignment':<12}{'batch':>6}{'anchors/img':>12}{'ours (ms)':>11}{'torchvision (ms)':>18}"
+             f"{'speed-up':>10}{'ours MB':>9}{'tv MB':>8}"]
+    lines += [f"{'':<12}{r['batch_size']:>6}{r['anchors_per_image']:>12}{r['ours_s'] * 1e3:>11.1f}"
+              f"{r['torchvision_s'] * 1e3:>18.1f}{r['speedup']:>9.1f}x{r['ours_peak_mb']:>9.0f}"
+              f"{r['torchvision_peak_mb']:>8.0f}" for r in rows]
+    return "\n".join(lines)
+
+
+def run_train_step(args: argparse.Namespace, cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
+    ours = run_isolated(train_step, "ours", cfg_dict, args.steps, None, device)
+    reference = run_isolated(train_step, "torchvision", cfg_dict, args.steps, None, device)
+    return {"ours": ours, "torchvision": reference, "speedup": ours["images_per_s"] / reference["images_per_s"]}
+
+
+def format_train_step(result: dict[str, Any]) -> str:
+    ours, reference = result["ours"], result["torchvision"]
+    return (f"{'train-step':<12}{'batch':>6}{'ours img/s':>12}{'torchvision img/s':>19}{'speed-up':>10}"
+            f"{'ours MB':>9}{'tv MB':>8}\n"
+            f"{'':<12}{ours['batch_size']:>6}{ours['images_per_s']:>12.1f}{reference['images_per_s']:>19.1f}"
+            f"{result['speedup']:>9.2f}x{ours['peak_memory_mb']:>9.0f}{reference['peak_memory_mb']:>8.0f}")
+
+
+# case -> (implementation, model.roi_align_kernel) of the real-sizes section's training steps
+REAL_SIZE_CASES = {"ours, separable RoIAlign": ("ours", "separable"), "ours, torchvision RoIAlign": ("ours", "torchvision"),
+                   "torchvision FasterRCNN": ("torchvision", "auto")}
+
+
+def run_real_sizes(args: argparse.Namespace, cfg_dict: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """At each of REAL_SIZES, with the real-photo preset's model: the training step of ours (with
+    each RoIAlign kernel) and of torchvision's detector on the same random images and boxes, and
+    both stages' target assignment."""
+    preset = config_lib.to_dict(config_lib.load(args.real_config, args.set))
+    rows = []
     for name, (height, width, batch_size) in REAL_SIZES.items():
-        cfg_dict = {**cfg_dict, "data": {**cfg_dict["data"], "batch_size": batch_size}}
+        sized = {**preset, "data": {**preset["data"], "batch_size": batch_size}}
         image_size = (height, width)
-        cases = {"ours, separable RoIAlign": ("ours", "separable"), "ours, torchvision RoIAlign": ("ours", "torchvision"),
-                 "torchvision FasterRCNN": ("torchvision", None)}
-        steps = {case: run_isolated(train_step, implementation, cfg_dict, args.steps, image_size, roi_align, device)
-                 for case, (implementation, roi_align) in cases.items()}
-        assignment = {"ours": run_isolated(ours_assignment, batch_size, args.repeats, cfg_dict, image_size, device),
-                      "torchvision": run_isolated(torchvision_assignment, batch_size, args.repeats, cfg_dict, image_size,
+        steps = {case: run_isolated(train_step, implementation, _with_kernel(sized, kernel), args.steps, image_size,
+                                    device)
+                 for case, (implementation, kernel) in REAL_SIZE_CASES.items()}
+        assignment = {"ours": run_isolated(ours_assignment, batch_size, args.repeats, sized, image_size, device),
+                      "torchvision": run_isolated(torchvision_assignment, batch_size, args.repeats, sized, image_size,
                                                   device)}
         reference = steps["torchvision FasterRCNN"]
-        row = {"name": name, "image_size": [height, width], "batch_size": batch_size, "train_step": steps,
-               "assignment": assignment,
-               "train_step_speedup": {case: r["images_per_s"] / reference["images_per_s"] for case, r in steps.items()},
-               "assignment_speedup": assignment["torchvision"]["time_s"] / assignment["ours"]["time_s"]}
-        rows.append(row)
-        for case, r in steps.items():
-            print(f"{name:<12}{case:<34}{r['images_per_s']:>8.2f}{r['step_s'] * 1e3:>9.0f}"
-                  f"{row['train_step_speedup'][case]:>6.2f}x{r['peak_memory_mb']:>7.0f}", flush=True)
-        for case, r in assignment.items():
-            speedup = row["assignment_speedup"] if case == "ours" else 1.0
-            print(f"{name:<12}{'assignment, ' + case:<34}{'':>8}{r['time_s'] * 1e3:>9.1f}{speedup:>6.2f}x"
-                  f"{r['peak_memory_mb']:>7.0f}", flush=True)
+        rows.append({"name": name, "image_size": [height, width], "batch_size": batch_size, "train_step": steps,
+                     "assignment": assignment,
+                     "train_step_speedup": {case: r["images_per_s"] / reference["images_per_s"] for case, r in steps.items()},
+                     "assignment_speedup": assignment["torchvision"]["time_s"] / assignment["ours"]["time_s"]})
     return rows
+
+
+def _with_kernel(cfg_dict: dict[str, Any], kernel: str) -> dict[str, Any]:
+    return {**cfg_dict, "model": {**cfg_dict["model"], "roi_align_kernel": kernel}}
+
+
+def format_real_sizes(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'real sizes':<12}{'case':<34}{'img/s':>8}{'ms':>9}{'vs tv':>7}{'MB':>7}"]
+    for row in rows:
+        for case, r in row["train_step"].items():
+            lines.append(f"{row['name']:<12}{case:<34}{r['images_per_s']:>8.2f}{r['step_s'] * 1e3:>9.0f}"
+                         f"{row['train_step_speedup'][case]:>6.2f}x{r['peak_memory_mb']:>7.0f}")
+        for case, r in row["assignment"].items():
+            speedup = row["assignment_speedup"] if case == "ours" else 1.0
+            lines.append(f"{row['name']:<12}{'assignment, ' + case:<34}{'':>8}{r['time_s'] * 1e3:>9.1f}{speedup:>6.2f}x"
+                         f"{r['peak_memory_mb']:>7.0f}")
+    return "\n".join(lines)
+
+
+def run_evaluation(args: argparse.Namespace, cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
+    return run_isolated(evaluation, cfg_dict, device)
+
+
+def format_evaluation(timing: dict[str, Any]) -> str:
+    return (f"evaluation: {timing['images']} images, {timing['detections']} detections: "
+            f"COCOeval {timing['cocoeval_s']:.2f} s, VOC rule {timing['voc_rule_s']:.2f} s "
+            f"(peak {timing['peak_memory_mb']:.0f} MB)")
+
+
+def run_gradient_stats(args: argparse.Namespace, cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
+    return run_isolated(gradient_stats, cfg_dict, args.steps, device)
+
+
+def format_gradient_stats(g: dict[str, Any]) -> str:
+    return (f"gradient-stats: step {g['step_s'] * 1e3:.1f} ms, statistics {g['statistics_s'] * 1e3:.2f} ms: "
+            f"{g['overhead_when_logged']:.2%} of a logged step, {g['overhead_averaged']:.3%} averaged")
+
+
+def run_levers(args: argparse.Namespace, cfg_dict: dict[str, Any], device: str) -> dict[str, Any]:
+    return run_isolated(levers, cfg_dict, args.steps, args.repeats, device)
+
+
+def format_levers(lever_times: dict[str, Any]) -> str:
+    lines = [f"levers: training step, batch {lever_times['batch_size']}: " + ", ".join(
+        f"{name} {seconds * 1e3:.1f} ms" for name, seconds in lever_times["train_step_s"].items())]
+    c = lever_times["compile_trunk"]
+    lines.append(f"levers: trunk forward+backward {c['batch_shape']} ({c['precision']}): eager {c['eager_s'] * 1e3:.1f} "
+                 f"ms, torch.compile {c['compiled_s'] * 1e3:.1f} ms ({c['speedup']:.2f}x; first call "
+                 f"{c['first_call_s']:.1f} s)")
+    if "faster_coco_eval" in lever_times:
+        f = lever_times["faster_coco_eval"]
+        lines.append(f"levers: COCOeval of {f['detections']} detections: pycocotools {f['pycocotools_s']:.2f} s, "
+                     f"faster-coco-eval {f['faster_coco_eval_s']:.2f} s ({f['speedup']:.1f}x; largest difference in "
+                     f"the 12 stats {f['max_abs_stats_difference']:.1e})")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str  # of the result in the JSON
+    run: Callable[[argparse.Namespace, dict[str, Any], str], Any]
+    format: Callable[[Any], str]
+
+
+SECTIONS = {
+    "assignment": Section("assignment", run_assignment, format_assignment),
+    "train-step": Section("train_step", run_train_step, format_train_step),
+    "real-sizes": Section("real_sizes", run_real_sizes, format_real_sizes),
+    "evaluation": Section("evaluation", run_evaluation, format_evaluation),
+    "gradient-stats": Section("gradient_stats", run_gradient_stats, format_gradient_stats),
+    "levers": Section("levers", run_levers, format_levers),
+}
 
 
 def profile_preset(cfg_dict: dict[str, Any], steps: int, device: str,
@@ -181,6 +253,9 @@ def profile_preset(cfg_dict: dict[str, Any], steps: int, device: str,
     if image_size is None:
         result["evaluation"] = profile_evaluation(cfg, device)
     return result
+
+
+# ----------------------------------------------------------------------------- isolated cases
 
 
 def run_isolated(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -209,22 +284,6 @@ def _resident_mb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
-def _median_time(call: Callable[[], Any], device: str, repeats: int, warmup: int) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        call()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return _median(times)
-
-
 def assignment_inputs(batch_size: int, device: str, seed: int = 0, cfg: Config | None = None,
                       image_size: tuple[int, int] = ASSIGNMENT_IMAGE_SIZE) -> dict[str, Any]:
     """Anchors of ``cfg``'s stride-8 map on (H, W) images, random ground truth and proposals."""
@@ -234,16 +293,11 @@ def assignment_inputs(batch_size: int, device: str, seed: int = 0, cfg: Config |
                                        offset=cfg.model.anchor_offset)
     height, width = image_size
     anchors = anchor_generator.grid_anchors(-(-height // 8), -(-width // 8), torch.device(device), torch.float32)
-
-    def random_boxes(count: int, low: float, high: float) -> torch.Tensor:
-        size = torch.empty(count, 2).uniform_(low, high, generator=generator)
-        corner = torch.rand(count, 2, generator=generator) * (torch.tensor([width, height]) - size)
-        return torch.cat((corner, corner + size), dim=1).to(device)
-
     counts = torch.randint(1, ASSIGNMENT_MAX_GT + 1, (batch_size,), generator=generator).tolist()
-    targets = [{"boxes": random_boxes(c, 16, min(height, width) / 2),
+    targets = [{"boxes": random_boxes(c, 16, min(height, width) / 2, width, height, generator).to(device),
                 "labels": torch.randint(1, 81, (c,), generator=generator).to(device)} for c in counts]
-    proposals = [random_boxes(ASSIGNMENT_PROPOSALS, 8, min(500, min(height, width))) for _ in range(batch_size)]
+    proposals = [random_boxes(ASSIGNMENT_PROPOSALS, 8, min(500, min(height, width)), width, height, generator).to(device)
+                 for _ in range(batch_size)]
     return {"anchors": anchors, "targets": targets, "proposals": proposals}
 
 
@@ -268,7 +322,7 @@ def ours_assignment(batch_size: int, repeats: int, cfg_dict: dict[str, Any], ima
         rois, _, roi_matched = heads.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
         heads.coder.encode(roi_matched, rois)
 
-    return {"time_s": _median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
+    return {"time_s": median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
 
 
 def torchvision_assignment(batch_size: int, repeats: int, cfg_dict: dict[str, Any], image_size: tuple[int, int],
@@ -290,66 +344,25 @@ def torchvision_assignment(batch_size: int, repeats: int, cfg_dict: dict[str, An
         # RoI heads: ground truth added, Matcher, sampler, BoxCoder
         heads.select_training_samples([p.clone() for p in inputs["proposals"]], targets)
 
-    return {"time_s": _median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
-
-
-def _preset_training(cfg: Config, steps: int, device: str,
-                     image_size: tuple[int, int] | None = None) -> tuple[list, torch.nn.Module, torch.optim.Optimizer, list]:
-    """``steps`` batches on ``device``: the preset's training images, or with ``image_size``
-    random (H, W) images with random boxes (real photo sizes without the photos); a fresh model
-    in training mode with its AdamW optimiser, and its gradient probes (attached as training
-    attaches them: with train.gradient_stats, to our detector)."""
-    size = cfg.data.batch_size
-    if image_size is None:
-        dataset = build_dataset(cfg.data, cfg.data.train_split, train=True)
-        num_classes = len(dataset.class_names)
-        batches = [collate([dataset[(j * size + i) % len(dataset)] for i in range(size)]) for j in range(steps)]
-    else:
-        num_classes = 3
-        batches = list(itertools.islice(random_batches(size, image_size, cfg.train.seed, num_classes), steps))
-    batches = [([im.to(device) for im in images],
-                [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets])
-               for images, targets in batches]
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, num_classes=num_classes).to(device).train()
-    probes = attach_gradient_probes(model) if cfg.train.gradient_stats and isinstance(model, FasterRCNN) else []
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    return batches, model, torch.optim.AdamW(parameters, lr=cfg.train.lr), probes
+    return {"time_s": median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}
 
 
 def train_step(implementation: str, cfg_dict: dict[str, Any], steps: int, image_size: tuple[int, int] | None,
-               roi_align: str | None, device: str) -> dict[str, Any]:
+               device: str) -> dict[str, Any]:
     """Median time of a full training step (forward, backward, AdamW) on the preset's batches,
-    or on random (H, W) images (``image_size``). ``roi_align``: force our RoIAlign to
-    "separable" or to "torchvision"'s kernel (None: the automatic choice)."""
+    or on random (H, W) images (``image_size``)."""
     cfg = config_lib.from_dict(cfg_dict)
     cfg.model.implementation = implementation
     resolve_precision(cfg)  # as training resolves it: both detectors run at the same precision
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if roi_align is not None:  # this process only: run_isolated gives every case its own
-        roi_heads_module.SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = float("inf") if roi_align == "separable" else 0
-    batches, model, optimizer, _ = _preset_training(cfg, steps, device, image_size)
-    autocast = autocast_dtype(cfg.train.precision)
-    step_s = _median_time(_step_call(batches, model, optimizer, autocast, device), device, repeats=steps - 2, warmup=2)
+    batches, num_classes = preset_batches(cfg, steps, device, image_size)
+    model, optimizer, _ = fresh_model(cfg, num_classes, device)
+    step_s = median_time(cycling_steps(batches, model, optimizer, device, cfg.train.precision), device,
+                         repeats=steps - 2, warmup=2)
     size = cfg.data.batch_size
     return {"step_s": step_s, "images_per_s": size / step_s, "batch_size": size,
             "image_size": list(batches[0][0][0].shape[-2:]), "precision": cfg.train.precision}
-
-
-def _step_call(batches: list, model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast: torch.dtype | None,
-               device: str) -> Callable[[], None]:
-    """One training step (forward, backward, AdamW) per call, cycling through ``batches``."""
-    iterator = itertools.cycle(batches)
-
-    def call() -> None:
-        images, targets = next(iterator)
-        with torch.autocast(device.split(":")[0], dtype=autocast) if autocast else contextlib.nullcontext():
-            loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return call
 
 
 def evaluation_detections(dataset: Any) -> list[dict[str, Any]]:
@@ -410,22 +423,20 @@ def levers(cfg_dict: dict[str, Any], steps: int, repeats: int, device: str) -> d
             cfg = copy.deepcopy(base)
             cfg.train.precision, cfg.train.channels_last = precision, channels_last
             resolve_precision(cfg)
-            batches, model, optimizer, _ = _preset_training(cfg, steps, device)
-            autocast = autocast_dtype(cfg.train.precision)
-            variants[f"{cfg.train.precision}, {'channels-last' if channels_last else 'contiguous'}"] = (
-                _step_call(batches, model, optimizer, autocast, device))
+            batches, num_classes = preset_batches(cfg, steps, device)
+            model, optimizer, _ = fresh_model(cfg, num_classes, device)
+            name = f"{cfg.train.precision}, {'channels-last' if channels_last else 'contiguous'}"
+            variants[name] = cycling_steps(batches, model, optimizer, device, cfg.train.precision)
     step_times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(steps):
         for name, call in variants.items():
-            step_times[name].append(_median_time(call, device, repeats=1, warmup=0))
-    step_s = {name: _median(times[2:]) for name, times in step_times.items()}
+            step_times[name].append(median_time(call, device, repeats=1, warmup=0))
+    step_s = {name: median(times[2:]) for name, times in step_times.items()}
     result: dict[str, Any] = {"train_step_s": step_s, "batch_size": base.data.batch_size}
 
     cfg = copy.deepcopy(base)
     resolve_precision(cfg)
-    autocast = autocast_dtype(cfg.train.precision)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, num_classes=3).to(device).train()
+    model, _, _ = fresh_model(cfg, 3, device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     # (N, 3, H, W): the shapes images as stored, or a 4:3 photo resized to data.min_size
     height = cfg.data.min_size or cfg.data.shapes_image_size
@@ -433,12 +444,12 @@ def levers(cfg_dict: dict[str, Any], steps: int, repeats: int, device: str) -> d
     batch = torch.randn(cfg.data.batch_size, 3, height, width, device=device).contiguous(memory_format=memory_format)
 
     compiled_trunk = torch.compile(model.backbone)
-    compile_s = time_trunk(compiled_trunk, batch, autocast, device)
+    compile_s = time_trunk(compiled_trunk, batch, cfg.train.precision, device)
     eager_times, compiled_times = [], []
     for _ in range(2 * repeats + 2):
-        eager_times.append(time_trunk(model.backbone, batch, autocast, device))
-        compiled_times.append(time_trunk(compiled_trunk, batch, autocast, device))
-    eager_s, compiled_s = _median(eager_times[2:]), _median(compiled_times[2:])
+        eager_times.append(time_trunk(model.backbone, batch, cfg.train.precision, device))
+        compiled_times.append(time_trunk(compiled_trunk, batch, cfg.train.precision, device))
+    eager_s, compiled_s = median(eager_times[2:]), median(compiled_times[2:])
     result["compile_trunk"] = {
         "precision": cfg.train.precision, "batch_shape": list(batch.shape), "first_call_s": compile_s,
         "eager_s": eager_s, "compiled_s": compiled_s, "speedup": eager_s / compiled_s}
@@ -466,8 +477,8 @@ def levers(cfg_dict: dict[str, Any], steps: int, repeats: int, device: str) -> d
             stats[name] = [float(v) for v in coco_eval.stats[:12]]
         return call
 
-    reference_s = _median_time(run("pycocotools", COCOeval, dataset.coco), device, repeats=repeats, warmup=1)
-    fast_s = _median_time(run("faster_coco_eval", COCOeval_faster, fast_gt), device, repeats=repeats, warmup=1)
+    reference_s = median_time(run("pycocotools", COCOeval, dataset.coco), device, repeats=repeats, warmup=1)
+    fast_s = median_time(run("faster_coco_eval", COCOeval_faster, fast_gt), device, repeats=repeats, warmup=1)
     result["faster_coco_eval"] = {
         "images": len(dataset.image_ids), "detections": len(results), "pycocotools_s": reference_s,
         "faster_coco_eval_s": fast_s, "speedup": reference_s / fast_s,
@@ -478,74 +489,15 @@ def levers(cfg_dict: dict[str, Any], steps: int, repeats: int, device: str) -> d
 def gradient_stats(cfg_dict: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
     """Median training-step time, and the time of the gradient statistics of both heads."""
     cfg = config_lib.from_dict(cfg_dict)
-    batches, model, optimizer, probes = _preset_training(cfg, steps, device)
+    resolve_precision(cfg)
+    batches, num_classes = preset_batches(cfg, steps, device)
+    model, optimizer, probes = fresh_model(cfg, num_classes, device)
+    step = cycling_steps(batches, model, optimizer, device, cfg.train.precision)
     step_times, stats_times = [], []
-    for images, targets in batches:
-        start = time.perf_counter()
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        stepped = time.perf_counter()
-        for probe in probes:
-            probe.statistics(0)
-        step_times.append(stepped - start)
-        stats_times.append(time.perf_counter() - stepped)
-    step = sorted(step_times[2:])[len(step_times[2:]) // 2]
-    stats = sorted(stats_times[2:])[len(stats_times[2:]) // 2]
+    for _ in batches:  # each step's statistics right after it, as a logging step computes them
+        step_times.append(median_time(step, device, repeats=1, warmup=0))
+        stats_times.append(median_time(lambda: [probe.statistics(0) for probe in probes], device, repeats=1, warmup=0))
+    step_s, stats_s = median(step_times[2:]), median(stats_times[2:])
     every = cfg.train.log_every_n_steps
-    return {"step_s": step, "statistics_s": stats, "log_every_n_steps": every,
-            "overhead_when_logged": stats / step, "overhead_averaged": stats / step / every}
-
-
-def parity_configs(base: Config, out_dir: str, seed: int) -> dict[str, Config]:
-    """Ours with ``--loss smooth_l1 --loss-args beta=0.111`` and torchvision's reference, same
-    preset, schedule and seed, as run directories ``parity-ours-seed<seed>`` /
-    ``parity-torchvision-seed<seed>``. Ours starts its box predictor from nn.Linear's default
-    initialisation, as torchvision's does (``model.predictor_init=torchvision``): with our default,
-    Detectron's, it trails by 0.010 AP over 3 seeds (README, "Speed against torchvision")."""
-    configs = {}
-    for implementation in ("ours", "torchvision"):
-        cfg = copy.deepcopy(base)
-        cfg.train.seed = seed
-        cfg.model.implementation = implementation
-        if implementation == "ours":  # the reference ignores the option: its init is always the default
-            cfg.model.predictor_init = "torchvision"
-        cfg.loss.name, cfg.loss.args, cfg.loss.weight = "smooth_l1", {"beta": 0.111}, None
-        cfg.loss.rpn_name, cfg.loss.rpn_args, cfg.loss.rpn_weight = None, {}, None
-        cfg.train.gradient_stats = implementation == "ours"
-        cfg.train.out_dir, cfg.train.run_name = out_dir, f"parity-{implementation}-seed{seed}"
-        config_lib.validate(cfg)
-        configs[implementation] = cfg
-    return configs
-
-
-def parity(cfg: config_lib.Config, runs_dir: Path, seeds: list[int]) -> dict:
-    """Train (or reuse) both detectors at every seed; their COCO AP, and ours minus
-    torchvision's paired by seed with a 95% interval."""
-    out: dict = {"runs": []}
-    for seed in seeds:
-        for implementation, run_cfg in parity_configs(cfg, str(runs_dir), seed).items():
-            run_dir = runs_dir / run_cfg.train.run_name
-            if run_status(run_dir) == "completed":
-                check_reusable(run_cfg, run_dir)
-            else:  # an unfinished parity run of an earlier benchmark is trained again
-                train(run_cfg, overwrite=run_status(run_dir) != "missing")
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            stats = metrics["val"]["stats"]
-            out["runs"].append({"implementation": implementation, "seed": seed, "run_dir": str(run_dir),
-                                "status": metrics["status"], "AP": stats["AP"], "AP50": stats["AP50"],
-                                "AP75": stats["AP75"], "AP90": metrics["val"]["ap_per_iou"]["0.90"],
-                                "train_s": metrics["timings"]["train_s"]})
-    ap = {impl: {r["seed"]: r["AP"] for r in out["runs"] if r["implementation"] == impl}
-          for impl in ("ours", "torchvision")}
-    difference = paired_difference(ap["ours"], ap["torchvision"])
-    out["AP_mean"] = {impl: sum(v.values()) / len(v) for impl, v in ap.items()}
-    out["AP_difference"] = {"mean": difference.mean, "low": difference.low, "high": difference.high,
-                            "seeds": difference.pairs}
-    print(f"\nparity over seeds {seeds}: COCO AP ours {out['AP_mean']['ours']:.3f}, torchvision "
-          f"{out['AP_mean']['torchvision']:.3f}; ours - torchvision {difference.mean:+.3f}"
-          + (f" [{difference.low:+.3f}, {difference.high:+.3f}]" if difference.low is not None else ""))
-    return out
+    return {"step_s": step_s, "statistics_s": stats_s, "log_every_n_steps": every,
+            "overhead_when_logged": stats_s / step_s, "overhead_averaged": stats_s / step_s / every}

@@ -11,7 +11,6 @@ different configuration is never silently reused: the cell is rejected, naming t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -28,13 +27,15 @@ from detector.engine import config as config_lib
 from detector.engine.build import resolve_classes
 from detector.engine.config import Config, ConfigError
 from detector.engine.outputs import check_folder
-from detector.engine.training import FINISHED, resolve_precision
+from detector.engine.rundir import FINISHED, TRAIN_LOG, checkpoints, run_status
+from detector.engine.trainers import resolve_precision
 from detector.lab.report import write_report
-from detector.lab.specs import parse_loss_spec
+from detector.lab.specs import parse_loss_spec, split_weight
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
-# Options that name or display a run but do not change what it computes.
-IGNORED_IN_MATCH = ("train.run_name", "train.out_dir", "train.progress", "train.threads")
+# Options that change only how or where a run executes (their declared roles): a finished run
+# that differs in them is reused.
+IGNORED_IN_MATCH = config_lib.options_where(lambda roles: not roles.result)
 
 
 def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
@@ -61,7 +62,8 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """Run directory name, e.g. ``l2-seed1``, ``l2-noise0.2-seed1`` or ``smooth_l1-beta0.5-seed1``."""
+        """Run directory name, e.g. ``l2-seed1``, ``l2-noise0.2-seed1``, ``smooth_l1-beta0.5-seed1`` or
+        ``l2-weight4.5-seed1``."""
         name, params = parse_loss_spec(self.loss)
         loss = "-".join([name.replace(":", "."), *(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
                                                    for k, v in params.items())])
@@ -80,25 +82,17 @@ def cell_config(base: Config, cell: Cell, runs_dir: str | Path) -> Config:
     """``base`` with the cell's loss, seed and noise level and its run directory."""
     raw = config_lib.to_dict(base)
     name, params = parse_loss_spec(cell.loss)
+    params, weight = split_weight(params)
     if params or name != raw["loss"]["name"]:
         # Parameters and weights belong to a loss (smooth_l1's beta means nothing to giou).
         raw["loss"].update(name=name, args=params, weight=None)
+    if weight is not None:
+        raw["loss"]["weight"] = weight
     raw["train"].update(seed=cell.seed, run_name=cell.name, out_dir=str(runs_dir))
     raw["data"]["train_box_noise"] = cell.noise
     cfg = config_lib.from_dict(raw)
     config_lib.validate(cfg)
     return cfg
-
-
-def run_status(run_dir: str | Path) -> str:
-    """``missing`` when there is no metrics.json, else its status (``unknown`` if unreadable)."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return "missing"
-    try:
-        return json.loads(path.read_text()).get("status", "unknown")
-    except (json.JSONDecodeError, OSError, AttributeError):
-        return "unknown"
 
 
 def config_differences(wanted: Config, run_dir: str | Path) -> list[str]:
@@ -187,7 +181,7 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     command = [*train_command, "--config", str(config_path)]
-    if run_status(run_dir) == "interrupted" and any((run_dir / "checkpoints").glob("*.ckpt")):
+    if run_status(run_dir) == "interrupted" and checkpoints(run_dir):
         command = [*train_command, "--resume", str(run_dir)]  # continue where it was stopped
     elif run_status(run_dir) != "missing":
         command.append("--overwrite")  # a failed cell, or one stopped before its first checkpoint: trained again
@@ -204,7 +198,7 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
         where = f"; its output is in {log_path}" if quiet else " (its error is above)"
         raise ConfigError(f"{run_dir.name} could not start (exit status {result.returncode}){where}")
     if quiet:
-        _keep_log(log_path, run_dir / "train.log", resumed="--resume" in command)
+        _keep_log(log_path, run_dir / TRAIN_LOG, resumed="--resume" in command)
 
 
 def _keep_log(log_path: Path, kept: Path, *, resumed: bool) -> None:

@@ -18,7 +18,6 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from statistics import median
 from typing import Any
 
 import torch
@@ -27,11 +26,22 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
 from detector.data import collate
-from detector.engine import build_dataset, build_model, evaluate_coco
+from detector.engine import build_dataset, evaluate_coco
 from detector.engine import config as config_lib
 from detector.engine.datamodule import DetectionDataModule
 from detector.engine.evaluation import detections_to_coco_results
 from detector.engine.module import DetectorModule
+from detector.lab.timing import (
+    Batch,
+    autocast,
+    fresh_model,
+    median,
+    median_time,
+    random_batches,
+    synchronise,
+    to_device,
+    training_step,
+)
 from detector.model import FasterRCNN
 from detector.model import roi_heads as roi_heads_module
 
@@ -46,7 +56,7 @@ class StageClock:
     """Inclusive and exclusive wall time of nested, named stages."""
 
     def __init__(self, device: str):
-        self.synchronise = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        self.synchronise = functools.partial(synchronise, device)
         self.exclusive: dict[str, float] = defaultdict(float)
         self._stack: list[list] = []  # [label, start, time of the children]
 
@@ -111,31 +121,12 @@ def _switch(clock: StageClock, label: str) -> None:
     clock.start(label)
 
 
-def random_batches(batch_size: int, image_size: tuple[int, int], seed: int,
-                   num_classes: int = 3) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:
-    """Endless batches of random uint8 (3, H, W) images with 1..20 random boxes each, 16 px to
-    half the shorter side: real photo sizes without the photos."""
-    generator = torch.Generator().manual_seed(seed)
-    height, width = image_size
-    while True:
-        images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
-                  for _ in range(batch_size)]
-        counts = torch.randint(1, 21, (batch_size,), generator=generator).tolist()
-        targets = []
-        for count in counts:
-            size = torch.empty(count, 2).uniform_(16, min(height, width) / 2, generator=generator)
-            corner = torch.rand(count, 2, generator=generator) * (torch.tensor([width, height]) - size)
-            targets.append({"boxes": torch.cat((corner, corner + size), dim=1),
-                            "labels": torch.randint(1, num_classes + 1, (count,), generator=generator)})
-        yield images, targets
-
-
 def profile_training(cfg: config_lib.Config, steps: int, device: str,
                      image_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Median exclusive time of each stage of a training step over ``steps`` steps after two
     warm-up steps, the trunk alone on the same batches, and torch.profiler's top operators.
     Batches come from the preset's DataLoader, or with ``image_size`` are random (H, W) images
-    (random_batches; no data wait then)."""
+    (lab/timing.py's random_batches; no data wait then)."""
     if image_size is None:
         data = DetectionDataModule(cfg.data, seed=cfg.train.seed)
         data.setup("fit")
@@ -143,32 +134,21 @@ def profile_training(cfg: config_lib.Config, steps: int, device: str,
     else:  # made beforehand, so that "data wait" is the DataLoader's alone, 0 here
         batches = itertools.islice(random_batches(cfg.data.batch_size, image_size, cfg.train.seed), steps + 3)
         num_classes, loader = 3, iter(list(batches))
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, num_classes=num_classes).to(device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
-    autocast = autocast_dtype(cfg.train.precision)
+    model, optimizer, _ = fresh_model(cfg, num_classes, device)
     clock = StageClock(device)
 
-    def step() -> torch.Tensor:
+    def step() -> Batch:
         with clock.stage("data wait"):
-            images, targets = next(loader)
-        images = [image.to(device) for image in images]
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-        with torch.autocast(device.split(":")[0], dtype=autocast) if autocast else contextlib.nullcontext():
-            loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        clock.start("heads backward")  # becomes "trunk backward" at the trunk's backward pre-hook
-        loss.backward()
-        clock.stop()
-        with clock.stage("optimiser"):
-            optimizer.step()
-        return images
+            batch = next(loader)
+        batch = to_device(batch, device)
+        training_step(model, optimizer, batch, device, cfg.train.precision, stage=clock.stage)
+        return batch
 
     per_step = []
     with instrumented(model, clock):
         for i in range(steps + 2):
             started = time.perf_counter()
-            images = step()
+            images, _ = step()
             total = time.perf_counter() - started
             times = clock.reset()
             times["other"] = total - sum(times.values())
@@ -178,7 +158,7 @@ def profile_training(cfg: config_lib.Config, steps: int, device: str,
     step_s = median(s["total"] for s in per_step)
 
     batch, _ = model.preprocess(images)
-    trunk = [time_trunk(model.backbone, batch, autocast, device) for _ in range(steps + 2)][2:]
+    trunk = [time_trunk(model.backbone, batch, cfg.train.precision, device) for _ in range(steps + 2)][2:]
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     operators = [{"name": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count}
@@ -187,22 +167,17 @@ def profile_training(cfg: config_lib.Config, steps: int, device: str,
             "batch_size": cfg.data.batch_size, "image_size": list(batch.shape[-2:]), "operators": operators}
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a resolved ``train.precision``; None for fp32."""
-    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-
-
-def time_trunk(trunk: torch.nn.Module, batch: torch.Tensor, autocast: torch.dtype | None, device: str) -> float:
+def time_trunk(trunk: torch.nn.Module, batch: torch.Tensor, precision: str, device: str) -> float:
     """Forward and backward of the trunk alone (eager or compiled) on a normalised, padded batch."""
-    synchronise = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    synchronise()
-    started = time.perf_counter()
-    with torch.autocast(device.split(":")[0], dtype=autocast) if autocast else contextlib.nullcontext():
-        features = trunk(batch)
-    features.float().sum().backward()
-    synchronise()
+    def call() -> None:
+        with autocast(device, precision):
+            features = trunk(batch)
+        features.float().sum().backward()
+
+    synchronise(device)
+    seconds = median_time(call, device, repeats=1, warmup=0)
     trunk.zero_grad(set_to_none=True)
-    return time.perf_counter() - started
+    return seconds
 
 
 @torch.no_grad()

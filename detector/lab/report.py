@@ -38,7 +38,7 @@ from detector.lab.plots import (
     plot_gradient_statistics,
     plot_training_curves,
 )
-from detector.lab.specs import parse_loss_spec
+from detector.lab.specs import parse_loss_spec, split_weight
 from detector.model import build_loss
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,12 @@ DIFFERENCE_METRICS = ("AP", "AP90")  # the baseline comparison: overall AP and t
 GRADIENT_WINDOW = 5  # logged steps averaged at the start and at the end of training
 
 
-# Options that do not make a condition: the repetition (seed), where and how a run is shown or
-# spread over devices, and what the matrix sets per cell (noise level; the loss and its
-# parameters are the condition's name).
-NOT_CONDITIONS = ("train.seed", "train.run_name", "train.out_dir", "train.progress", "train.threads", "train.logger",
-                  "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "data.num_workers",
-                  "data.train_box_noise")
+# Options that do not make a condition (their declared roles): the repetition (seed), how and
+# where a run executes, and the noise level, which is the report's own axis.
+NOT_CONDITIONS = config_lib.options_where(lambda roles: not roles.condition)
+# What a condition's loss label already says (the box head's loss and its parameters, defaults
+# included, from metrics.json).
+NAMED_BY_THE_LOSS = ("loss.name", "loss.args")
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -129,9 +129,9 @@ class Condition:
 def group_runs(rows: list[dict[str, Any]]) -> list[Condition]:
     """Conditions in order of first appearance, noise levels ascending. Runs are one condition
     when they share the loss with its parameters, the noise level, and every option in which
-    the report's runs differ (NOT_CONDITIONS aside)."""
+    the report's runs differ (NOT_CONDITIONS aside), the loss's weight and the RPN's loss included."""
     defaults = config_lib.flatten(Config())
-    varying = sorted(key for key in defaults if key not in NOT_CONDITIONS and not key.startswith("loss.")
+    varying = sorted(key for key in defaults if key not in NOT_CONDITIONS and key not in NAMED_BY_THE_LOSS
                      and len({repr(r["options"].get(key, defaults[key])) for r in rows}) > 1)
     groups: dict[tuple, Condition] = {}
     for row in rows:
@@ -146,10 +146,12 @@ def group_runs(rows: list[dict[str, Any]]) -> list[Condition]:
 
 def find_baseline(conditions: list[Condition], baseline: str, noise: float) -> Condition | None:
     """The condition of the ``baseline`` loss spec (``smooth_l1``: its default parameters, or
-    ``smooth_l1(beta=0.5)``) at ``noise``, with every other option at its default."""
+    ``smooth_l1(beta=0.5)``, or ``l2(weight=4.5)``) at ``noise``, with every other option at its default."""
     name, params = parse_loss_spec(baseline)
+    params, weight = split_weight(params)
     wanted = build_loss(name, params).params
-    return next((c for c in conditions if c.loss_name == name and c.noise == noise and not c.options
+    options = {} if weight is None else {"loss.weight": weight}
+    return next((c for c in conditions if c.loss_name == name and c.noise == noise and dict(c.options) == options
                  and all(_same(c.params.get(k), v) for k, v in wanted.items())), None)
 
 
@@ -294,13 +296,12 @@ def gradient_summary(conditions: list[Condition]) -> str:
     return "\n".join(lines)
 
 
-# The options that say which images a run was trained and scored on. data.root is compared by
-# its last folder name: runs made on different machines keep the same dataset in other places.
-DATASET_OPTIONS = ("name", "root", "train_split", "val_split", "categories", "classes", "max_train_images",
-                   "max_val_images", "val_fraction", "split_seed", "train_annotations", "train_images",
-                   "val_annotations", "val_images", "image_folder", "annotation_folder")
-# The bundled dataset is generated: these make it another dataset.
-SHAPES_OPTIONS = ("shapes_image_size", "shapes_num_train", "shapes_num_val", "shapes_seed")
+# The options that say which images a run was trained and scored on (their declared roles),
+# without "data."; the shapes generator's only for shapes runs. data.root is compared by its last
+# folder name: runs made on different machines keep the same dataset in other places.
+DATASET_OPTIONS = tuple(key.partition(".")[2] for key in config_lib.options_where(lambda roles: roles.dataset))
+SHAPES_OPTIONS = tuple(key.partition(".")[2] for key in config_lib.options_where(
+    lambda roles: roles.dataset and roles.readers == ("shapes",)))
 
 
 def check_same_dataset(rows: list[dict[str, Any]]) -> None:
@@ -309,7 +310,7 @@ def check_same_dataset(rows: list[dict[str, Any]]) -> None:
 
     def identity(row: dict[str, Any]) -> dict[str, Any]:
         data = row["data"]
-        keys = DATASET_OPTIONS + (SHAPES_OPTIONS if data.get("name") == "shapes" else ())
+        keys = [key for key in DATASET_OPTIONS if data.get("name") == "shapes" or key not in SHAPES_OPTIONS]
         values = {f"data.{key}": data.get(key, defaults[key]) for key in keys}
         values["data.root"] = Path(str(data.get("root"))).name if data.get("root") else None
         return values

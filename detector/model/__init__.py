@@ -12,7 +12,7 @@ from detector.model.gradients import COLUMNS as GRADIENT_COLUMNS
 from detector.model.gradients import GradientProbe
 from detector.model.losses import REGISTRY, RegressionLoss, build_loss
 from detector.model.reference import TORCHVISION_LOSS, TorchvisionFasterRCNN
-from detector.model.roi_heads import RoIHeads
+from detector.model.roi_heads import ROI_ALIGN_KERNELS, RoIHeads
 from detector.model.rpn import RegionProposalNetwork
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "REGISTRY",
+    "ROI_ALIGN_KERNELS",
     "TORCHVISION_LOSS",
     "TRUNK_CHANNELS",
     "AnchorGenerator",

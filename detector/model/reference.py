@@ -26,6 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from detector.model.backbone import Backbone
 from detector.model.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, SIZE_DIVISIBLE
+from detector.model.rpn import RPN_REGRESSION_LOSS
 
 # torchvision's RPN and RoI heads call F.smooth_l1_loss(beta=1/9) directly: the regression loss
 # of both stages, as the run records write it.
@@ -83,5 +84,8 @@ class TorchvisionFasterRCNN(nn.Module):
             if targets is None:
                 raise ValueError("targets are required in training mode")
             targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-            return self.detector(floats, targets)
+            losses = self.detector(floats, targets)
+            # Our RPN's name for its regression loss, so that both implementations log the same keys.
+            losses[RPN_REGRESSION_LOSS] = losses.pop("loss_rpn_box_reg")
+            return losses
         return self.detector(floats)

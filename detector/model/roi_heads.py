@@ -17,8 +17,9 @@ from detector.model.roi_align import roi_align
 from detector.model.targets import assign, sample_balanced
 
 # The separable RoIAlign materialises an (N, S*Q, C*W) intermediate; above this many elements
-# (256 MB in fp32) torchvision's gather-based kernel is used instead. Both give equal values.
+# (256 MB in fp32) the "auto" kernel is torchvision's gather-based one instead. Both give equal values.
 SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = 64 * 2**20
+ROI_ALIGN_KERNELS = ("auto", "separable", "torchvision")
 
 
 class RoIHeads(nn.Module):
@@ -26,8 +27,14 @@ class RoIHeads(nn.Module):
                  sampling_ratio: int, aligned: bool, representation_size: int, predictor_init: str,
                  regression_loss: RegressionLoss, regression_weight: float, fg_iou_thresh: float, bg_iou_thresh: float,
                  batch_size_per_image: int, positive_fraction: float, score_thresh: float,
-                 nms_thresh: float, detections_per_image: int):
+                 nms_thresh: float, detections_per_image: int, roi_align_kernel: str = "auto"):
+        """``roi_align_kernel``: "separable" (model/roi_align.py), "torchvision"
+        (torchvision.ops.roi_align), or "auto": separable while its intermediate stays below
+        SEPARABLE_ROI_ALIGN_MAX_ELEMENTS."""
         super().__init__()
+        if roi_align_kernel not in ROI_ALIGN_KERNELS:
+            raise ValueError(f"roi_align_kernel is {roi_align_kernel!r}; valid: {', '.join(ROI_ALIGN_KERNELS)}")
+        self.roi_align_kernel = roi_align_kernel
         self.num_classes = num_classes
         self.spatial_scale = spatial_scale
         self.output_size = output_size
@@ -92,7 +99,9 @@ class RoIHeads(nn.Module):
         """features (N, C, H, W), rois (N, S, 4) -> logits (N, S, K+1), deltas (N, S, K+1, 4)."""
         n, s = rois.shape[:2]
         c, h, w = features.shape[1:]
-        if n * s * self.output_size * c * max(h, w) <= SEPARABLE_ROI_ALIGN_MAX_ELEMENTS:
+        separable = self.roi_align_kernel == "separable" or (
+            self.roi_align_kernel == "auto" and n * s * self.output_size * c * max(h, w) <= SEPARABLE_ROI_ALIGN_MAX_ELEMENTS)
+        if separable:
             pooled = roi_align(features, rois, output_size=self.output_size, spatial_scale=self.spatial_scale,
                                sampling_ratio=self.sampling_ratio, aligned=self.aligned)  # (N*S, C, Q, Q)
         else:  # large feature maps (COCO-sized inputs): the dense intermediate would not fit

@@ -17,6 +17,9 @@ from detector.model.gradients import GradientProbe
 from detector.model.losses import RegressionLoss, box_regression_loss
 from detector.model.targets import Sample, label_sparse, matched_box, sample_masks
 
+# The key of the RPN regression loss (metrics.csv: train/loss_rpn_box), torchvision's detector included.
+RPN_REGRESSION_LOSS = "loss_rpn_box"
+
 
 class RPNHead(nn.Module):
     """3x3 conv, then per-anchor objectness logits and box deltas."""
@@ -151,4 +154,4 @@ class RegionProposalNetwork(nn.Module):
         regression = box_regression_loss(self.regression_loss, positive_deltas, matched, positive_anchors,
                                          self.coder, sample.positive_valid)
         return {"loss_objectness": objectness_loss,
-                "loss_rpn_box": self.regression_weight * regression / num_sampled}
+                RPN_REGRESSION_LOSS: self.regression_weight * regression / num_sampled}

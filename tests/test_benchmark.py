@@ -1,0 +1,32 @@
+"""The benchmark script from a clean checkout: no dataset generated yet, every case in a process of its own."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from detector.lab.benchmark import SECTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_sections_run_where_no_dataset_was_generated_yet(tmp_path):
+    out = tmp_path / "benchmark.json"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--sections", "assignment",
+                             "train-step", "--batch-sizes", "1", "--repeats", "1", "--steps", "3", "--batch-size", "2",
+                             "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "data" / "shapes" / "meta.json").is_file()  # generated before the cases' processes
+    written = json.loads(out.read_text())
+    (row,) = written["assignment"]
+    assert row["batch_size"] == 1 and row["ours_s"] > 0 and row["torchvision_s"] > 0
+    assert row["speedup"] == row["torchvision_s"] / row["ours_s"]
+    steps = written["train_step"]
+    assert steps["ours"]["batch_size"] == 2 and steps["speedup"] == steps["ours"]["images_per_s"] / steps["torchvision"][
+        "images_per_s"]
+    assert "train-step" in result.stdout and "assignment" in result.stdout
+    assert set(written) == {"machine", "assignment", "train_step"}
+
+
+def test_every_section_names_its_json_key():
+    assert [section.key for section in SECTIONS.values()] == [name.replace("-", "_") for name in SECTIONS]
