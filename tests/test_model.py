@@ -185,7 +185,7 @@ def test_rpn_losses_equal_the_dense_computation(name):
     losses = rpn.losses(objectness, deltas, (h, w), gt_boxes, gt_valid)
 
     anchors = rpn.anchor_generator.grid_anchors(h, w, torch.device("cpu"), torch.float32)[None].expand(n, -1, -1)
-    labels, matched = assign(anchors, None, gt_boxes, gt_valid.long(), gt_valid, fg_iou_thresh=0.7,
+    labels, matched, _ = assign(anchors, None, gt_boxes, gt_valid.long(), gt_valid, fg_iou_thresh=0.7,
                              bg_iou_thresh=0.3, allow_low_quality_matches=True)
     torch.manual_seed(1)
     positive, negative, _, _ = sample_balanced(labels, batch_size_per_image=256, positive_fraction=0.5)
@@ -216,7 +216,7 @@ def test_crowded_images_sample_padding_rows():
     proposals = torch.tensor([[0.0, 0, 16, 16]]).repeat(2, 8, 1)  # (N, P, 4): all on one cell
     proposal_valid = torch.zeros(2, 8, dtype=torch.bool)
     proposal_valid[:, 0] = True
-    rois, labels, matched = model.roi_heads.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
+    rois, labels, matched, _ = model.roi_heads.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
     padding = (labels == -1) & (rois == 0).all(-1) & (rois[..., 2] - rois[..., 0] == 0)
     assert padding[1].sum() == 11  # image 1's 11 padded ground-truth rows are drawn, as zero-area boxes
     assert (labels[1] == 0).sum() == 0  # and no negative exists there

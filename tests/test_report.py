@@ -215,3 +215,30 @@ def test_the_report_names_the_code_versions_and_warns_when_they_differ(tmp_path,
             "unknown (run made before versions were recorded): 1 run)") in report
     assert "| c | l2 | 0 | 0 | completed | 940 |" in report and "| 3684c1d+changes |" in report
     assert "come from 3 code versions" in caplog.text
+
+
+def _gradients_csv(run, rows):
+    header = "step,head,loss,boxes,count,mean,median,p90,p99,max,fraction_at_bound,share"
+    (run / "gradients.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_the_noise_report_says_what_share_of_the_gradient_the_displaced_boxes_carry(tmp_path):
+    from detector.lab.report import outlier_gradient_summary
+
+    runs = []
+    for seed, (share_a, share_b) in enumerate(((0.5, 0.7), (0.3, 0.5))):
+        run = make_run(tmp_path, f"l2-noise0.2-seed{seed}", "l2", 0.6, seed=seed, noise=0.2)
+        # two logged steps; 20 of 100 outputs displaced at each, carrying share_a then share_b of the gradient
+        _gradients_csv(run, [f"{step},box_head,l2,all,100,1,1,1,1,1,nan,1.0" for step in (0, 10)] +
+                       [f"{step},box_head,l2,displaced,20,3,{2 + step / 10},3,3,3,nan,{share}"
+                        for step, share in ((0, share_a), (10, share_b))] +
+                       [f"{step},box_head,l2,clean,80,0.5,0.5,1,1,1,nan,{1 - share}"
+                        for step, share in ((0, share_a), (10, share_b))])
+        runs.append(load_run(run))
+    clean_run = make_run(tmp_path, "l2-seed0", "l2", 0.7)  # no noise: no split, no row
+    _gradients_csv(clean_run, ["0,box_head,l2,all,100,1,1,1,1,1,nan,1.0"])
+    table = outlier_gradient_summary(group_runs(runs + [load_run(clean_run)]))
+    # shares of the gradient: seed 0 mean 0.6, seed 1 mean 0.4 -> 0.5 over 20% of the outputs: ratio 2.5;
+    # median displaced: 2.5 in each seed (2 and 3); clean 0.5
+    assert table.splitlines()[2:] == ["| l2, noise 0.2 | 2 | box_head | 20.0% | 50.0% | 2.50 | 2.500 | 0.500 |"]
+    assert outlier_gradient_summary(group_runs([load_run(clean_run)])) is None

@@ -4,7 +4,7 @@ import torchvision
 from torchvision.models.detection._utils import Matcher
 
 from detector.model.boxes import batched_box_iou
-from detector.model.targets import assign, match, sample_balanced
+from detector.model.targets import assign, match, matched_flags, sample_balanced
 
 
 def make_batch(seed, n=4, r=60, g=5):
@@ -53,18 +53,22 @@ def test_assign_labels_and_ignores_invalid_candidates():
     gt_valid = torch.tensor([[True, True]])
     candidates = torch.tensor([[[0.0, 0, 10, 10], [50, 50, 60, 61], [20, 20, 30, 30], [0, 0, 10, 10]]])
     candidate_valid = torch.tensor([[True, True, True, False]])
-    labels, matched = assign(candidates, candidate_valid, gt, labels_gt, gt_valid, fg_iou_thresh=0.5,
-                             bg_iou_thresh=0.5, allow_low_quality_matches=False)
+    labels, matched, index = assign(candidates, candidate_valid, gt, labels_gt, gt_valid, fg_iou_thresh=0.5,
+                                    bg_iou_thresh=0.5, allow_low_quality_matches=False)
     assert labels.tolist() == [[3, 5, 0, -1]]
     assert matched[0, 1].tolist() == [50.0, 50.0, 60.0, 60.0]
+    assert index[0, :2].tolist() == [0, 1]  # the foreground candidates' ground-truth boxes
+    displaced = torch.tensor([[False, True]])  # per ground-truth box
+    assert matched_flags(displaced, index)[0, :2].tolist() == [False, True]
+    assert matched_flags(torch.zeros(1, 0, dtype=torch.bool), index).tolist() == [[False] * 4]
 
 
 def test_assign_with_no_ground_truth_in_batch():
     candidates = torch.rand(2, 6, 4) * 10
     candidates[..., 2:] += candidates[..., :2] + 1
-    labels, matched = assign(candidates, None, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long),
-                             torch.zeros(2, 0, dtype=torch.bool), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
-                             allow_low_quality_matches=True)
+    labels, matched, _ = assign(candidates, None, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long),
+                                torch.zeros(2, 0, dtype=torch.bool), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+                                allow_low_quality_matches=True)
     assert (labels == 0).all() and matched.shape == (2, 6, 4)
 
 

@@ -50,6 +50,7 @@ class ImageRecord:
     width: int
     boxes: np.ndarray  # (G, 4) float32 xyxy, absolute pixels of the stored image (readers may pass float64)
     labels: np.ndarray  # (G,) int64 in 1..K
+    displaced: np.ndarray | None = None  # (G,) bool: outlier labels (data/noise.py); None without box noise
 
 
 class DetectionDataset(Dataset):
@@ -92,7 +93,8 @@ class DetectionDataset(Dataset):
 
         boxes float32 (G, 4) xyxy in pixels of the returned image; labels int64 (G,) in 1..K;
         image_id (the id in ``coco``); scale (returned size / stored size, 1.0 without
-        resizing); orig_size (h, w) of the stored image.
+        resizing); orig_size (h, w) of the stored image; with box noise, displaced bool (G,):
+        the boxes that are outlier labels.
         """
         index, draw = key if isinstance(key, tuple) else (key, None)
         record = self.records[index]
@@ -123,6 +125,8 @@ class DetectionDataset(Dataset):
             "scale": scale,
             "orig_size": (record.height, record.width),
         }
+        if record.displaced is not None:
+            target["displaced"] = torch.tensor(record.displaced, dtype=torch.bool)
         return image, target
 
     def annotation_file(self, record: ImageRecord) -> str:

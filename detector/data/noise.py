@@ -12,6 +12,7 @@ hardest by such outliers; L1 and smooth L1 bound their gradient at 1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Sequence
 
@@ -26,7 +27,8 @@ MAX_LOG2_SCALE = 1.0  # sides scaled by 2**u, u ~ U(-1, 1)
 
 
 def corrupt_boxes(records: Sequence[ImageRecord], fraction: float, seed: int = 0) -> tuple[list[ImageRecord], int]:
-    """Records with exactly ``round(fraction * total boxes)`` boxes displaced; returns (records, count).
+    """Records with exactly ``round(fraction * total boxes)`` boxes displaced, each record's
+    ``displaced`` marking them; returns (records, count).
 
     Displaced centres are clamped to the image, so every box keeps a part inside it and a
     positive width and height after clipping.
@@ -49,7 +51,7 @@ def corrupt_boxes(records: Sequence[ImageRecord], fraction: float, seed: int = 0
         start += count
         mask = chosen[rows]
         if not mask.any():
-            out.append(record)
+            out.append(dataclasses.replace(record, displaced=mask.copy()))
             continue
         boxes = record.boxes.astype(np.float64)  # (G, 4) xyxy
         size = boxes[:, 2:] - boxes[:, :2]  # (G, 2) w, h
@@ -60,7 +62,7 @@ def corrupt_boxes(records: Sequence[ImageRecord], fraction: float, seed: int = 0
         moved[:, 0::2] = np.clip(moved[:, 0::2], 0, record.width)
         moved[:, 1::2] = np.clip(moved[:, 1::2], 0, record.height)
         boxes = np.where(mask[:, None], moved, boxes).astype(np.float32)
-        out.append(ImageRecord(record.path, record.image_id, record.height, record.width, boxes, record.labels))
+        out.append(dataclasses.replace(record, boxes=boxes, displaced=mask.copy()))
     logger.info("box noise: displaced %d of %d training boxes (fraction %.3f, seed %d)",
                 num_corrupt, total, fraction, seed)
     return out, num_corrupt

@@ -23,9 +23,10 @@ LOGGED_STATISTICS = ("count", "mean", "median", "p90", "p99", "max", "fraction_a
 
 class GradientStatistics(pl.Callback):
     """At every logging step, the |dl/dx| statistics of the module's gradient probes, one row
-    per head appended to ``path`` (gradients.csv) and flushed, so an interrupted run keeps
-    them, and the same numbers to the trainer's loggers (``gradients/<head>/<statistic>``, e.g.
-    ``gradients/box_head/median`` in TensorBoard). At the same steps, the global norm of every
+    per head (three with outlier labels: all outputs, displaced, clean) appended to ``path``
+    (gradients.csv) and flushed, so an interrupted run keeps them, and the same numbers to the
+    trainer's loggers (``gradients/<head>/<statistic>``, e.g. ``gradients/box_head/median`` in
+    TensorBoard, and ``gradients/<head>/displaced/<statistic>``). At the same steps, the global norm of every
     parameter's gradient before any clipping, ``train/grad_norm`` (what ``train.grad_clip``
     bounds). Only rank 0 writes; a diverged step has no gradients to describe."""
 
@@ -38,11 +39,12 @@ class GradientStatistics(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        new = not self.path.exists()
+        # A resumed run appends under the header its file already has.
+        header = self.path.read_text().partition("\n")[0].split(",") if self.path.is_file() else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=GRADIENT_COLUMNS)
-        if new:
+        self._writer = csv.DictWriter(self._file, fieldnames=header or GRADIENT_COLUMNS, extrasaction="ignore")
+        if header is None:
             self._writer.writeheader()
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -62,12 +64,13 @@ class GradientStatistics(pl.Callback):
         if self._writer is None or step % self.every_n_steps or pl_module.diverged is not None:
             return
         for probe in pl_module.gradient_probes:
-            row = probe.statistics(step)
-            if row is not None:
+            for row in probe.statistics(step):
                 self._writer.writerow(row)
-                # fraction_at_bound is NaN for a loss without a bound (l2): nothing to plot.
-                values = {f"gradients/{row['head']}/{key}": float(row[key]) for key in LOGGED_STATISTICS
-                          if math.isfinite(row[key])}
+                # fraction_at_bound is NaN for a loss without a bound (l2), a group without outputs
+                # has no statistics: nothing to plot.
+                prefix = f"gradients/{row['head']}" + ("" if row["boxes"] == "all" else f"/{row['boxes']}")
+                keys = LOGGED_STATISTICS + (() if row["boxes"] == "all" else ("share",))
+                values = {f"{prefix}/{key}": float(row[key]) for key in keys if math.isfinite(row[key])}
                 for logger in trainer.loggers:
                     logger.log_metrics(values, step=step)
         self._file.flush()

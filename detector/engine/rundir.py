@@ -182,6 +182,13 @@ def merge_metrics_csv(run_dir: Path, until_step: int) -> None:
     earlier_path.unlink()
 
 
+def gradient_rows(run_dir: str | Path, boxes: str = "all") -> list[dict[str, str]]:
+    """The rows of the run's gradients.csv that describe ``boxes``: "all" foreground outputs
+    (what a run before the displaced/clean split wrote, without that column), or with box
+    noise "displaced" or "clean" ones; [] without the file."""
+    return [row for row in read_csv_rows(Path(run_dir) / GRADIENTS_CSV) if row.get("boxes", "all") == boxes]
+
+
 def exit_status(run_dir: Path) -> int:
     """scripts/train.py's exit status for the run in ``run_dir``: 0 completed, 3 diverged, 1
     failed, 130 / 143 interrupted by SIGINT / SIGTERM."""

@@ -316,10 +316,10 @@ def ours_assignment(batch_size: int, repeats: int, cfg_dict: dict[str, Any], ima
 
     def call() -> None:
         # RPN, as RegionProposalNetwork.losses does it (regression targets of the positives)
-        sample, positive_anchors, matched = rpn.sample_anchors(feature_size, gt_boxes, gt_valid)
+        sample, positive_anchors, matched, _ = rpn.sample_anchors(feature_size, gt_boxes, gt_valid)
         rpn.coder.encode(matched, positive_anchors)
         # RoI heads, as RoIHeads.forward does it in training
-        rois, _, roi_matched = heads.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
+        rois, _, roi_matched, _ = heads.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
         heads.coder.encode(roi_matched, rois)
 
     return {"time_s": median_time(call, device, repeats, warmup=1), "anchors_per_image": inputs["anchors"].shape[0]}

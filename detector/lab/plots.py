@@ -20,9 +20,10 @@ import torch  # noqa: E402
 from matplotlib import patches, ticker  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from detector.engine import ConfigError, atomic_path, read_csv_rows  # noqa: E402
+from detector.engine import ConfigError, atomic_path  # noqa: E402
 from detector.engine.drawing import text_colour  # noqa: E402
 from detector.engine.outputs import check_new_file, default_location  # noqa: E402
+from detector.engine.rundir import gradient_rows  # noqa: E402
 from detector.model import REGISTRY, build_loss  # noqa: E402
 
 # Markers per label where line styles have another meaning or there are no lines.
@@ -46,7 +47,7 @@ def plot_from_args(args: argparse.Namespace) -> Path:
         return plot_loss_curves(out)
     tables = {}
     for run in map(Path, args.gradients):
-        rows = read_csv_rows(run / "gradients.csv")
+        rows = gradient_rows(run)
         if not rows:
             raise FileNotFoundError(f"{run}: no gradients.csv rows (not a run directory, or gradient_stats off)")
         tables[run.name] = [rows]

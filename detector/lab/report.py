@@ -30,6 +30,7 @@ from detector.engine import config as config_lib
 from detector.engine.config import Config, ConfigError, DataConfig, from_dict
 from detector.engine.drawing import class_colour
 from detector.engine.outputs import claim_folder
+from detector.engine.rundir import gradient_rows
 from detector.engine.versions import describe
 from detector.lab.plots import (
     plot_ap_vs_iou,
@@ -277,8 +278,7 @@ def gradient_summary(conditions: list[Condition]) -> str:
     lines = ["| condition | seeds | head | steps | median | p99 | max | at bound | steps | median | p99 | max "
              "| at bound |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for condition in conditions:
-        tables = [read_csv_rows(Path(r["path"]) / "gradients.csv") for r in condition.runs
-                  if (Path(r["path"]) / "gradients.csv").is_file()]
+        tables = [gradient_rows(r["path"]) for r in condition.runs]
         for head in ("box_head", "rpn"):
             per_run = [[r for r in rows if r["head"] == head] for rows in tables]
             per_run = [rows for rows in per_run if rows]
@@ -294,6 +294,42 @@ def gradient_summary(conditions: list[Condition]) -> str:
                 cells += [steps, f"{avg['median']:.3f}", f"{avg['p99']:.3f}", f"{avg['max']:.3f}", bound]
             lines.append(f"| {condition.label} | {len(per_run)} | {head} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def outlier_gradient_summary(conditions: list[Condition]) -> str | None:
+    """Markdown table: for each condition with displaced boxes and each head, the displaced
+    outputs' share of the foreground outputs and of the summed |dl/dx| (each the mean over the
+    run's logged steps, then over its seeds), their ratio (above 1: a displaced output pulls
+    harder than the average one), and the median |dl/dx| of displaced and clean outputs. None
+    when no run recorded the split."""
+    lines = ["| condition | seeds | head | share of outputs | share of Σ\\|dl/dx\\| | ratio | median displaced "
+             "| median clean |", "|---|---|---|---|---|---|---|---|"]
+    for condition in conditions:
+        for head in ("box_head", "rpn"):
+            per_run = []
+            for run in condition.runs:
+                groups = {boxes: {row["step"]: row for row in gradient_rows(run["path"], boxes) if row["head"] == head}
+                          for boxes in ("all", "displaced", "clean")}
+                steps = [step for step in groups["displaced"] if float(groups["all"][step]["count"]) > 0]
+                if steps:
+                    per_run.append({
+                        "outputs": mean(float(groups["displaced"][s]["count"]) / float(groups["all"][s]["count"])
+                                        for s in steps),
+                        "gradient": mean(float(groups["displaced"][s]["share"]) for s in steps),
+                        "median displaced": _nanmean(float(groups["displaced"][s]["median"]) for s in steps),
+                        "median clean": _nanmean(float(groups["clean"][s]["median"]) for s in steps)})
+            if not per_run:
+                continue
+            avg = {key: _nanmean(run[key] for run in per_run) for key in per_run[0]}
+            ratio = avg["gradient"] / avg["outputs"] if avg["outputs"] > 0 else float("nan")
+            lines.append(f"| {condition.label} | {len(per_run)} | {head} | {avg['outputs']:.1%} | {avg['gradient']:.1%} "
+                         f"| {ratio:.2f} | {avg['median displaced']:.3f} | {avg['median clean']:.3f} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def _nanmean(values) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return mean(finite) if finite else float("nan")
 
 
 # The options that say which images a run was trained and scored on (their declared roles),
@@ -384,7 +420,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
     if plot_training_curves(_run_tables(conditions, "metrics.csv"), out_dir / f"training.{fmt}"):
         sections += ["## Training", f"Training losses (smoothed) and validation AP at each evaluation, {over_seeds}.",
                      figure("training", "training curves")]
-    if plot_gradient_statistics(_run_tables(conditions, "gradients.csv"), out_dir / f"gradients.{fmt}"):
+    if plot_gradient_statistics(_gradient_tables(conditions), out_dir / f"gradients.{fmt}"):
         sections += ["## Regression gradients during training",
                      f"|dl/dx| of the foreground regression outputs (median solid, p99 dashed; {over_seeds}) "
                      "and the fraction of outputs at the loss's gradient bound.",
@@ -393,6 +429,15 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
                      "over the condition's seeds; at bound: the fraction of outputs at the loss's gradient bound "
                      "(for smooth L1, the rest are in its quadratic zone, |x| < β):",
                      gradient_summary(conditions)]
+    outliers = outlier_gradient_summary(conditions)
+    if outliers:
+        sections += ["## The regression gradient carried by the displaced boxes",
+                     "With box noise, gradients.csv describes the foreground outputs whose matched ground truth was "
+                     "displaced apart from the clean ones. Share of outputs: the displaced ones among the foreground "
+                     "outputs; share of Σ|dl/dx|: their part of the summed |dl/dx|; ratio: the second over the first "
+                     "(1: a displaced output pulls as hard as the average one). Each the mean over a run's logged "
+                     "steps, then over the condition's seeds:",
+                     outliers]
     examples = write_examples(conditions, out_dir / f"examples.{fmt}")
     if examples:
         sections += ["## Example validation images",
@@ -426,6 +471,12 @@ def _noise_points(conditions: list[Condition]) -> dict[str, dict[str, list[tuple
             values = list(condition.values(metric).values())
             points.setdefault(condition.loss, {}).setdefault(metric, []).append((condition.noise, values))
     return points
+
+
+def _gradient_tables(conditions: list[Condition]) -> dict[str, list[list[dict[str, str]]]]:
+    """condition label -> the gradients.csv rows of all outputs of each of its runs that has them."""
+    tables = {c.label: [gradient_rows(r["path"]) for r in c.runs] for c in conditions}
+    return {label: [t for t in seeds if t] for label, seeds in tables.items()}
 
 
 def _run_tables(conditions: list[Condition], file_name: str) -> dict[str, list[list[dict[str, str]]]]:

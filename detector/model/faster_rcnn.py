@@ -62,6 +62,14 @@ class FasterRCNN(nn.Module):
             valid[i, :count] = True
         return boxes, labels, valid
 
+    @staticmethod
+    def pad_flags(targets: list[dict[str, Tensor]], key: str, valid: Tensor) -> Tensor:
+        """Per-image (G_i,) bool ``target[key]`` -> (N, G) as pad_targets pads the boxes (False padding)."""
+        flags = torch.zeros_like(valid)
+        for i, target in enumerate(targets):
+            flags[i, : len(target[key])] = target[key]
+        return flags
+
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         """Training (targets given): dict of the four losses. Inference: per-image detections
         with boxes in the input image's pixels."""
@@ -71,8 +79,11 @@ class FasterRCNN(nn.Module):
             if targets is None:
                 raise ValueError("targets are required in training mode")
             gt_boxes, gt_labels, gt_valid = self.pad_targets(targets, batch.device)
-            proposals, valid, rpn_losses = self.rpn(features, image_sizes, gt_boxes, gt_valid)
-            roi_losses = self.roi_heads(features, proposals, valid, image_sizes, gt_boxes, gt_labels, gt_valid)
+            # Outlier labels (box noise): only the gradient probes tell them apart.
+            gt_displaced = self.pad_flags(targets, "displaced", gt_valid) if "displaced" in targets[0] else None
+            proposals, valid, rpn_losses = self.rpn(features, image_sizes, gt_boxes, gt_valid, gt_displaced)
+            roi_losses = self.roi_heads(features, proposals, valid, image_sizes, gt_boxes, gt_labels, gt_valid,
+                                        gt_displaced)
             return {**rpn_losses, **roi_losses}
         proposals, valid, _ = self.rpn(features, image_sizes)
         return self.roi_heads(features, proposals, valid, image_sizes)

@@ -16,8 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# The keys of GradientProbe.statistics, in the order gradients.csv lists them.
-COLUMNS = ("step", "head", "loss", "count", "mean", "median", "p90", "p99", "max", "fraction_at_bound")
+# The keys of GradientProbe.statistics' rows, in the order gradients.csv lists them. ``boxes``:
+# which outputs a row describes, ``all`` of them or, with outlier labels, those whose matched
+# ground truth was ``displaced`` and the ``clean`` rest; ``share``: their share of the summed |dl/dx|.
+COLUMNS = ("step", "head", "loss", "boxes", "count", "mean", "median", "p90", "p99", "max", "fraction_at_bound",
+           "share")
+GROUPS = ("all", "displaced", "clean")
 
 
 class GradientProbe:
@@ -29,31 +33,47 @@ class GradientProbe:
         self.bound = bound
         self._grad: Tensor | None = None
         self._foreground: Tensor | None = None
+        self._displaced: Tensor | None = None
         self._scale: Tensor | None = None
 
-    def attach(self, output: Tensor, foreground: Tensor, scale: Tensor) -> None:
-        """output (..., 4) regression output; foreground (...) mask; scale = weight / normaliser."""
+    def attach(self, output: Tensor, foreground: Tensor, scale: Tensor, displaced: Tensor | None = None) -> None:
+        """output (..., 4) regression output; foreground (...) mask; scale = weight / normaliser;
+        displaced (...): the outputs whose matched ground truth is an outlier label (None: no
+        such labels in this run)."""
         if not output.requires_grad:
             return
         self._foreground, self._scale = foreground.detach(), scale.detach()
+        self._displaced = None if displaced is None else displaced.detach()
         output.register_hook(self._store)
 
     def _store(self, grad: Tensor) -> None:
         self._grad = grad.detach()
 
-    def statistics(self, step: int) -> dict | None:
-        """Summary of the last captured gradient, or None if there was none (no foreground)."""
+    def statistics(self, step: int) -> list[dict]:
+        """Rows summarising the last captured gradient: all foreground outputs, and with
+        outlier labels the displaced and the clean ones apart; [] if there was none."""
         if self._grad is None:
-            return None
-        # Boolean indexing syncs with the device; this runs only at logging steps.
-        values = (self._grad[self._foreground] / self._scale).abs().flatten().float()
+            return []
+        magnitudes = (self._grad / self._scale).abs().float()  # (..., 4)
         self._grad = None
+        groups = {"all": self._foreground}
+        if self._displaced is not None:
+            groups.update(displaced=self._foreground & self._displaced, clean=self._foreground & ~self._displaced)
+        # Boolean indexing syncs with the device; this runs only at logging steps.
+        values = {name: magnitudes[mask].flatten() for name, mask in groups.items()}
+        total = values["all"].sum().item()
+        if values["all"].numel() == 0:
+            return []
+        return [self._row(step, name, group, total) for name, group in values.items()]
+
+    def _row(self, step: int, name: str, values: Tensor, total: float) -> dict:
+        row = {"step": step, "head": self.head, "loss": self.loss_name, "boxes": name, "count": values.numel(),
+               "share": values.sum().item() / total if total > 0 else float("nan")}
         if values.numel() == 0:
-            return None
+            return {**row, **dict.fromkeys(("mean", "median", "p90", "p99", "max", "fraction_at_bound"), float("nan"))}
         quantiles = torch.quantile(values, torch.tensor([0.5, 0.9, 0.99], device=values.device))
         at_bound = float("nan")
         if self.bound is not None:
             at_bound = (values >= self.bound * (1 - 1e-3)).float().mean().item()
-        return {"step": step, "head": self.head, "loss": self.loss_name, "count": values.numel(),
-                "mean": values.mean().item(), "median": quantiles[0].item(), "p90": quantiles[1].item(),
+        return {**row, "mean": values.mean().item(), "median": quantiles[0].item(), "p90": quantiles[1].item(),
                 "p99": quantiles[2].item(), "max": values.max().item(), "fraction_at_bound": at_bound}

@@ -14,7 +14,7 @@ from detector.model.boxes import BoxCoder, clip_boxes
 from detector.model.gradients import GradientProbe
 from detector.model.losses import RegressionLoss, box_regression_loss
 from detector.model.roi_align import roi_align
-from detector.model.targets import assign, sample_balanced
+from detector.model.targets import assign, matched_flags, sample_balanced
 
 # The separable RoIAlign materialises an (N, S*Q, C*W) intermediate; above this many elements
 # (256 MB in fp32) the "auto" kernel is torchvision's gather-based one instead. Both give equal values.
@@ -74,13 +74,13 @@ class RoIHeads(nn.Module):
                     gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Label proposals (ground truth added, as torchvision does) and draw S per image.
 
-        Returns rois (N, S, 4), labels (N, S) (class, 0 background, -1 not sampled) and
-        matched ground-truth boxes (N, S, 4). S is fixed, so an image with too few
-        candidates gets padding rows labelled -1.
+        Returns rois (N, S, 4), labels (N, S) (class, 0 background, -1 not sampled), matched
+        ground-truth boxes (N, S, 4) and their indices (N, S) in G. S is fixed, so an image
+        with too few candidates gets padding rows labelled -1.
         """
         candidates = torch.cat((proposals, gt_boxes), dim=1)  # (N, P+G, 4)
         valid = torch.cat((proposal_valid, gt_valid), dim=1)
-        labels, matched = assign(candidates, valid, gt_boxes, gt_labels, gt_valid,
+        labels, matched, matched_index = assign(candidates, valid, gt_boxes, gt_labels, gt_valid,
                                  fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh=self.bg_iou_thresh,
                                  allow_low_quality_matches=False)
         positive, negative, _, _ = sample_balanced(labels, batch_size_per_image=self.batch_size_per_image,
@@ -93,7 +93,7 @@ class RoIHeads(nn.Module):
         rois = torch.gather(candidates, 1, index[..., None].expand(-1, -1, 4))
         roi_labels = torch.where(sampled, torch.gather(labels, 1, index), -1)
         roi_matched = torch.gather(matched, 1, index[..., None].expand(-1, -1, 4))
-        return rois, roi_labels, roi_matched
+        return rois, roi_labels, roi_matched, torch.gather(matched_index, 1, index)
 
     def predict(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         """features (N, C, H, W), rois (N, S, 4) -> logits (N, S, K+1), deltas (N, S, K+1, 4)."""
@@ -112,7 +112,10 @@ class RoIHeads(nn.Module):
         deltas = self.bbox_pred(hidden).view(n, s, -1, 4)
         return logits, deltas
 
-    def losses(self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor, matched: Tensor) -> dict[str, Tensor]:
+    def losses(self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor, matched: Tensor,
+               displaced: Tensor | None = None) -> dict[str, Tensor]:
+        """``displaced`` (N, S): the RoIs whose matched ground truth is an outlier label, for the
+        gradient probe (None: no such labels)."""
         # Both losses are normalised by the number of sampled RoIs, as torchvision's
         # fastrcnn_loss and detectron2's FastRCNNOutputLayers do (not by the number of positives).
         num_sampled = (labels >= 0).sum().clamp(min=1)
@@ -125,18 +128,21 @@ class RoIHeads(nn.Module):
         class_deltas = class_deltas.float()
         foreground = labels >= 1
         if self.regression_probe is not None:
-            self.regression_probe.attach(class_deltas, foreground, self.regression_weight / num_sampled)
+            self.regression_probe.attach(class_deltas, foreground, self.regression_weight / num_sampled, displaced)
         regression = box_regression_loss(self.regression_loss, class_deltas, matched, rois, self.coder, foreground)
         return {"loss_classifier": classification, "loss_box_reg": self.regression_weight * regression / num_sampled}
 
     def forward(self, features: Tensor, proposals: Tensor, proposal_valid: Tensor, image_sizes: Tensor,
-                gt_boxes: Tensor | None = None, gt_labels: Tensor | None = None,
-                gt_valid: Tensor | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Training: the losses. Inference: one dict of boxes/scores/labels per image."""
+                gt_boxes: Tensor | None = None, gt_labels: Tensor | None = None, gt_valid: Tensor | None = None,
+                gt_displaced: Tensor | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training: the losses. Inference: one dict of boxes/scores/labels per image.
+        ``gt_displaced`` (N, G): ground-truth boxes that are outlier labels (the probe tells them apart)."""
         if self.training:
-            rois, labels, matched = self.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
+            rois, labels, matched, matched_index = self.sample_rois(proposals, proposal_valid, gt_boxes, gt_labels,
+                                                                    gt_valid)
             logits, deltas = self.predict(features, rois)
-            return self.losses(logits, deltas, rois, labels, matched)
+            displaced = None if gt_displaced is None else matched_flags(gt_displaced, matched_index)
+            return self.losses(logits, deltas, rois, labels, matched, displaced)
         logits, deltas = self.predict(features, proposals)
         # Scores and boxes in fp32 even under mixed precision (see RegionProposalNetwork.forward).
         return self.postprocess(logits.float(), deltas.float(), proposals, proposal_valid, image_sizes)
@@ -160,3 +166,4 @@ class RoIHeads(nn.Module):
             mine = kept[image_index[kept] == i][: self.detections_per_image]
             results.append({"boxes": flat_boxes[mine], "scores": flat_scores[mine], "labels": class_index[mine] + 1})
         return results
+

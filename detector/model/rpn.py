@@ -15,7 +15,7 @@ from detector.model.anchors import AnchorGenerator
 from detector.model.boxes import BoxCoder, clip_boxes
 from detector.model.gradients import GradientProbe
 from detector.model.losses import RegressionLoss, box_regression_loss
-from detector.model.targets import Sample, label_sparse, matched_box, sample_masks
+from detector.model.targets import Sample, label_sparse, matched_box, matched_flags, sample_masks
 
 # The key of the RPN regression loss (metrics.csv: train/loss_rpn_box), torchvision's detector included.
 RPN_REGRESSION_LOSS = "loss_rpn_box"
@@ -67,8 +67,10 @@ class RegionProposalNetwork(nn.Module):
         self.regression_probe: GradientProbe | None = None
 
     def forward(self, features: Tensor, image_sizes: Tensor, gt_boxes: Tensor | None = None,
-                gt_valid: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """features (N, C, H, W); image_sizes (N, 2) of (height, width) before padding.
+                gt_valid: Tensor | None = None,
+                gt_displaced: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """features (N, C, H, W); image_sizes (N, 2) of (height, width) before padding;
+        ``gt_displaced`` (N, G): ground-truth boxes that are outlier labels (for the probe).
 
         Returns proposals (N, P, 4), their validity (N, P), and the losses when ground
         truth is given.
@@ -83,7 +85,8 @@ class RegionProposalNetwork(nn.Module):
                                                  image_sizes, self.pre_nms_top_n[mode], self.post_nms_top_n[mode])
         losses = {}
         if gt_boxes is not None:
-            losses = self.losses(objectness.float(), deltas, tuple(features.shape[-2:]), gt_boxes, gt_valid)
+            losses = self.losses(objectness.float(), deltas, tuple(features.shape[-2:]), gt_boxes, gt_valid,
+                                 gt_displaced)
         return proposals, valid, losses
 
     def select_proposals(self, objectness: Tensor, deltas: Tensor, anchors: Tensor, image_sizes: Tensor,
@@ -117,8 +120,9 @@ class RegionProposalNetwork(nn.Module):
     def sample_anchors(self, feature_size: tuple[int, int], gt_boxes: Tensor,
                        gt_valid: Tensor) -> tuple[Sample, Tensor, Tensor]:
         """Label every anchor of an H x W ``feature_size`` grid against the padded ground truth
-        (N, G, 4) and draw the balanced sample. Returns the sample, and the anchors (N, S, 4)
-        and matched ground-truth boxes (N, S, 4) of its positives (``sample.positive_index``).
+        (N, G, 4) and draw the balanced sample. Returns the sample, and the anchors (N, S, 4),
+        matched ground-truth boxes (N, S, 4) and their indices (N, S) in G of its positives
+        (``sample.positive_index``).
 
         Regression only needs the sampled positives (at most S per image): gathering them into
         (N, S) avoids encoding and masking all R anchors (200k per COCO-sized image).
@@ -131,15 +135,15 @@ class RegionProposalNetwork(nn.Module):
                               positive_fraction=self.positive_fraction)
         positive_anchors = anchors[sample.positive_index]  # (N, S, 4)
         if gt_boxes.shape[1] == 0:  # no ground truth in the batch: no positive either
-            return sample, positive_anchors, positive_anchors
+            return sample, positive_anchors, positive_anchors, torch.zeros_like(sample.positive_index)
         matched_gt = matched_box(torch.gather(best, 1, sample.positive_index))  # (N, S)
         matched = torch.gather(gt_boxes, 1, matched_gt[..., None].expand(-1, -1, 4))  # (N, S, 4)
-        return sample, positive_anchors, matched
+        return sample, positive_anchors, matched, matched_gt
 
     def losses(self, objectness: Tensor, deltas: Tensor, feature_size: tuple[int, int], gt_boxes: Tensor,
-               gt_valid: Tensor) -> dict[str, Tensor]:
+               gt_valid: Tensor, gt_displaced: Tensor | None = None) -> dict[str, Tensor]:
         """objectness (N, R), deltas (N, R, 4) of the anchors of an H x W ``feature_size`` grid."""
-        sample, positive_anchors, matched = self.sample_anchors(feature_size, gt_boxes, gt_valid)
+        sample, positive_anchors, matched, matched_gt = self.sample_anchors(feature_size, gt_boxes, gt_valid)
         sampled = sample.positive | sample.negative
         # Normalised by the number of sampled anchors, as torchvision does, so a loss's weight
         # means the same whatever the share of positives (detectron2 divides by the nominal
@@ -150,7 +154,9 @@ class RegionProposalNetwork(nn.Module):
         # (N, S, 4) in fp32: see RoIHeads.losses
         positive_deltas = torch.gather(deltas, 1, sample.positive_index[..., None].expand(-1, -1, 4)).float()
         if self.regression_probe is not None:
-            self.regression_probe.attach(positive_deltas, sample.positive_valid, self.regression_weight / num_sampled)
+            displaced = None if gt_displaced is None else matched_flags(gt_displaced, matched_gt)
+            self.regression_probe.attach(positive_deltas, sample.positive_valid, self.regression_weight / num_sampled,
+                                         displaced)
         regression = box_regression_loss(self.regression_loss, positive_deltas, matched, positive_anchors,
                                          self.coder, sample.positive_valid)
         return {"loss_objectness": objectness_loss,

@@ -140,13 +140,13 @@ def _take_random(eligible: Tensor, count: Tensor, max_count: int, keys: Tensor) 
 
 def assign(candidates: Tensor, candidate_valid: Tensor | None, gt_boxes: Tensor, gt_labels: Tensor,
            gt_valid: Tensor, *, fg_iou_thresh: float, bg_iou_thresh: float,
-           allow_low_quality_matches: bool) -> tuple[Tensor, Tensor]:
+           allow_low_quality_matches: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Label candidates against ground truth.
 
     candidates: (N, R, 4); candidate_valid: (N, R) or None; gt_boxes: (N, G, 4);
     gt_labels: (N, G) class labels (1 for the RPN's objectness); gt_valid: (N, G).
-    Returns labels (N, R) (class, 0 background, -1 ignored) and matched ground-truth boxes
-    (N, R, 4) (meaningful where the label is >= 1).
+    Returns labels (N, R) (class, 0 background, -1 ignored), matched ground-truth boxes
+    (N, R, 4) and their indices (N, R) in G (both meaningful where the label is >= 1).
     """
     iou = batched_box_iou(candidates, gt_boxes)  # (N, R, G)
     matches = match(iou, gt_valid, high_threshold=fg_iou_thresh, low_threshold=bg_iou_thresh,
@@ -162,4 +162,12 @@ def assign(candidates: Tensor, candidate_valid: Tensor | None, gt_boxes: Tensor,
     labels = torch.where(matches == BETWEEN_THRESHOLDS, -1, labels)
     if candidate_valid is not None:
         labels = torch.where(candidate_valid, labels, -1)
-    return labels, matched_boxes
+    return labels, matched_boxes, index
+
+
+def matched_flags(gt_flags: Tensor, matched_index: Tensor) -> Tensor:
+    """(N, G) per-box flags -> the flag of each candidate's matched box, matched_index's shape
+    (False where the batch has no boxes)."""
+    if gt_flags.shape[1] == 0:
+        return torch.zeros(matched_index.shape, dtype=torch.bool, device=matched_index.device)
+    return torch.gather(gt_flags, 1, matched_index)
