@@ -32,6 +32,8 @@ def main() -> int:
     parser.add_argument("--runs-dir", default="runs/compare", help="folder of the matrix's run directories")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--baseline", default="smooth_l1", help="loss the others are compared against")
+    parser.add_argument("--metric", choices=("AP", "AP50", "AP75", "AP90"), default="AP",
+                        help="the primary metric: the verdict and the Holm-adjusted comparisons rest on it")
     parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png",
                         help="figures' file format: png (200 dpi, shown in report.md) or vector pdf / svg for papers")
     parser.add_argument("--jobs", type=int, default=None,

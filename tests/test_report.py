@@ -6,17 +6,20 @@ import json
 import pytest
 
 from detector.engine.config import ConfigError
-from detector.lab.report import Condition, group_runs, load_run, paired_difference, run_table, summarise, write_report
+from detector.lab.report import Condition, group_runs, load_run, run_table, summarise, write_report
+from detector.lab.stats import paired_difference
 
 
 def make_run(root, name, loss, ap, *, seed=0, noise=0.0, status="completed", diverged_at_step=None, train_s=480.0,
-             data=None, params=None, train=None, code=None):
-    """A run directory as training writes it (metrics.json only; AP at IoU t = ap + 0.5 - t);
-    ``data``/``train``: options of those sections besides the name, noise level and seed;
-    ``params``: the loss's parameters (default: smooth_l1's beta 1/9); ``code``: its code version."""
+             data=None, params=None, train=None, code=None, ap90=None):
+    """A run directory as training writes it (metrics.json only; AP at IoU t = ap + 0.5 - t, or
+    ``ap90`` at 0.9); ``data``/``train``: options of those sections besides the name, noise level
+    and seed; ``params``: the loss's parameters (default: smooth_l1's beta 1/9); ``code``: its code version."""
     run = root / name
     run.mkdir()
     ap_per_iou = {f"{t / 100:.2f}": round(ap + (0.5 - t / 100), 3) for t in range(50, 100, 5)}
+    if ap90 is not None:
+        ap_per_iou["0.90"] = ap90
     metrics = {"status": status, "steps": 940 if status == "completed" else diverged_at_step,
                "config": {"train": {"seed": seed, **(train or {})},
                           "data": {"name": "shapes", "train_box_noise": noise, **(data or {})}, "loss": {"name": loss}},
@@ -63,8 +66,8 @@ def test_report_numbers_equal_the_run_directories(tmp_path):
     # mean 0.026667, sd 0.020817, half width 4.302653 * 0.020817 / sqrt(3) = 0.051713
     assert "| l1 | 3/3 | 0.727 ± 0.021 | 0.900 ± 0.000 |" in report
     assert "+0.027 [-0.025, +0.078]" in report
-    # AP90 = AP - 0.4 per run, so its difference equals the AP difference
-    assert report.count("+0.027 [-0.025, +0.078]") == 2
+    # AP90 = AP - 0.4 per run, so its difference equals the AP difference: in both columns and the verdict
+    assert report.count("+0.027 [-0.025, +0.078]") == 3
     assert "| smooth_l1 (beta=0.1111) | 3/3 | 0.700 ± 0.000 |" in report
     assert "| 7.7 | all completed |" in report  # train time (400 + 460 + 520) / 3 s = 7.67 min
     assert "python scripts/compare.py --runs ..." in report
@@ -242,3 +245,88 @@ def test_the_noise_report_says_what_share_of_the_gradient_the_displaced_boxes_ca
     # median displaced: 2.5 in each seed (2 and 3); clean 0.5
     assert table.splitlines()[2:] == ["| l2, noise 0.2 | 2 | box_head | 20.0% | 50.0% | 2.50 | 2.500 | 0.500 |"]
     assert outlier_gradient_summary(group_runs([load_run(clean_run)])) is None
+
+
+# ----------------------------------------------------------------------------- the verdict
+
+
+def _matrix(tmp_path, table):
+    """Run directories of ``table``: loss -> [(AP, AP90) per seed]."""
+    return [make_run(tmp_path, f"{loss}-seed{seed}", loss, ap, seed=seed, ap90=ap90)
+            for loss, values in table.items() for seed, (ap, ap90) in enumerate(values)]
+
+
+def _verdict(report: str) -> str:
+    return report.split("## What to use on this dataset")[1].split("## Summary")[0]
+
+
+def test_the_verdict_keeps_the_baseline_when_no_loss_differs_and_says_what_more_seeds_would_resolve(tmp_path):
+    runs = _matrix(tmp_path, {"smooth_l1": [(0.70, 0.30), (0.72, 0.31), (0.71, 0.30)],
+                              "l1": [(0.705, 0.30), (0.715, 0.31), (0.712, 0.30)]})
+    verdict = _verdict(write_report(runs, tmp_path / "report", "cmd").read_text())
+    assert "**Use smooth_l1** (the baseline): no loss is better on AP with a Holm-adjusted p below 0.05 " \
+           "(1 loss compared with smooth_l1, 3 seeds, AP)." in verdict
+    # differences +0.005, -0.005, +0.002: mean +0.00067, sd 0.005132
+    assert "- l1: AP +0.001 [-0.012, +0.013] against smooth_l1" in verdict
+    assert "Not told apart: with this spread (sd of the paired differences 0.0051), 3 seeds detect a difference of " \
+           "0.016 (80% power, α = 0.05)" in verdict and "seeds would detect 0.01" in verdict
+
+
+def test_the_verdict_names_a_clear_winner_after_holms_adjustment(tmp_path):
+    runs = _matrix(tmp_path, {"smooth_l1": [(0.70, 0.30), (0.72, 0.31), (0.71, 0.30)],
+                              "giou": [(0.73, 0.33), (0.751, 0.34), (0.741, 0.33)],
+                              "l2": [(0.69, 0.29), (0.715, 0.30), (0.70, 0.29)]})
+    verdict = _verdict(write_report(runs, tmp_path / "report", "cmd").read_text())
+    # giou: +0.030, +0.031, +0.031: t = 0.030667 / (0.000577 / sqrt 3) = 92, p 1.2e-4, Holm over 2 losses 2.4e-4
+    assert "**Use giou**: AP +0.031 [+0.029, +0.032] over smooth_l1, Holm-adjusted p < 0.001 (2 losses compared" \
+        in verdict
+    assert "- l2: AP -0.008" in verdict
+
+
+def test_a_winner_on_ap90_only_is_the_verdict_only_when_ap90_is_the_primary_metric(tmp_path):
+    runs = _matrix(tmp_path, {"smooth_l1": [(0.70, 0.30), (0.72, 0.31), (0.71, 0.30)],
+                              "giou": [(0.70, 0.36), (0.721, 0.37), (0.709, 0.36)]})
+    on_ap = _verdict(write_report(runs, tmp_path / "ap", "cmd").read_text())
+    assert "**Use smooth_l1** (the baseline)" in on_ap
+    assert "Exploratory, unadjusted: on other metrics, giou AP90 +0.060 [+0.060, +0.060]" in on_ap
+    on_ap90 = _verdict(write_report(runs, tmp_path / "ap90", "cmd", metric="AP90").read_text())
+    assert "**Use giou**: AP90 +0.060" in on_ap90
+
+
+def test_a_learning_rate_sweep_pairs_each_loss_with_the_baseline_at_its_own_rate(tmp_path):
+    runs = []
+    for lr, base_ap, l1_ap in ((0.1, 0.60, 0.62), (0.2, 0.70, 0.69)):
+        for seed in (0, 1):
+            runs.append(make_run(tmp_path, f"smooth_l1-lr{lr}-seed{seed}", "smooth_l1", base_ap + seed / 100, seed=seed,
+                                 train={"lr": lr}))
+            runs.append(make_run(tmp_path, f"l1-lr{lr}-seed{seed}", "l1", l1_ap + seed / 100, seed=seed, train={"lr": lr}))
+    runs.append(make_run(tmp_path, "l2-lr0.1-seed0", "l2", 0.5, train={"lr": 0.1}))
+    runs.append(make_run(tmp_path, "l2-lr0.2-seed0", "l2", 0.0, train={"lr": 0.2}, status="diverged",
+                         diverged_at_step=37))
+    rows = [load_run(r) for r in runs]
+    summary = {row["condition"]: row for row in summarise(group_runs(rows), "smooth_l1")}
+    assert summary["l1, lr=0.1"]["dAP"].mean == pytest.approx(0.02)  # against smooth_l1 at 0.1, not at 0.2
+    assert summary["l1, lr=0.2"]["dAP"].mean == pytest.approx(-0.01)
+    assert summary["l1, lr=0.1"]["baseline"] == "smooth_l1 (beta=0.1111), lr=0.1"
+    report = write_report(runs, tmp_path / "report", "cmd").read_text()
+    assert "## AP against train.lr" in report and "![AP against train.lr](metric_vs_option.png)" in report
+    assert "| l2 | 0.1, 0.2 | 0.1 | 0.500 (0.1) |" in report  # diverged at 0.2
+    assert "| smooth_l1 (beta=0.1111) | 0.1, 0.2 | 0.2 | 0.705 (0.2) |" in report
+    assert (tmp_path / "report" / "metric_vs_option.png").is_file()
+
+
+def test_the_noise_sweep_tests_whether_the_gap_grows_with_the_noise(tmp_path):
+    runs = []
+    for noise, gap in ((0.0, -0.01), (0.2, -0.05), (0.4, -0.10)):
+        for seed, (shared, jitter) in enumerate(((0.0, 0.002), (0.03, -0.001), (-0.02, 0.0))):
+            name = f"-noise{noise}" if noise else ""
+            runs.append(make_run(tmp_path, f"smooth_l1{name}-seed{seed}", "smooth_l1", 0.7 + shared - noise / 4,
+                                 seed=seed, noise=noise))
+            runs.append(make_run(tmp_path, f"l2{name}-seed{seed}", "l2", 0.7 + shared - noise / 4 + gap + jitter,
+                                 seed=seed, noise=noise))
+    report = write_report(runs, tmp_path / "report", "cmd").read_text()
+    section = report.split("### Does the gap to the baseline grow with the noise?")[1].split("##")[0]
+    # the gap falls by 0.09 over 0.4 of noise: -0.0225 per 0.1
+    (row,) = [line for line in section.splitlines() if line.startswith("| l2 |")]
+    slope = float(row.split("|")[2].strip(" *").split()[0])
+    assert slope == pytest.approx(-0.0225, abs=0.001) and "**" in row and "| 5 |" in row

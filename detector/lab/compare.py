@@ -51,7 +51,7 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
         base.data.classes = resolve_classes(base.data)  # one list for every cell
         run_dirs = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs,
                                 train_command=[sys.executable, str(TRAIN_SCRIPT)])
-    return write_report(run_dirs, args.out, command, baseline=args.baseline, fmt=args.format)
+    return write_report(run_dirs, args.out, command, baseline=args.baseline, fmt=args.format, metric=args.metric)
 
 
 @dataclass(frozen=True)

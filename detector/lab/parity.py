@@ -18,7 +18,7 @@ from detector.engine import config as config_lib
 from detector.engine.config import Config
 from detector.engine.rundir import FINISHED, run_status
 from detector.lab.compare import TRAIN_SCRIPT, check_reusable, train_cell
-from detector.lab.report import paired_difference
+from detector.lab.stats import paired_difference
 
 IMPLEMENTATIONS = ("ours", "torchvision")
 

@@ -184,6 +184,35 @@ def plot_ap_vs_noise(points: dict[str, dict[str, list[tuple[float, list[float]]]
     return save_figure(fig, path)
 
 
+def plot_metric_vs_option(curves: dict[str, list[tuple[float, list[float], list[int]]]], option: str, metric: str,
+                          path: str | Path) -> Path:
+    """``metric`` against a numeric option (a learning rate), one line per loss: ``curves[loss]``
+    holds (option value, the completed seeds' values, the steps at which other seeds diverged).
+    Means join as a line, single seeds are dots, diverged runs crosses at the bottom with their
+    step; the x axis is logarithmic when the values span more than a factor of 4."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs_all = [x for points in curves.values() for x, _, _ in points]
+    for index, (style, (loss, points)) in enumerate(zip(_styles(), curves.items())):
+        points = sorted(points)
+        scored = [(x, float(np.mean(v))) for x, v, _ in points if v]
+        if scored:
+            ax.plot(*zip(*scored), marker="o", label=loss, **style)
+        for x, values, diverged in points:
+            ax.scatter([x] * len(values), values, color=style["color"], s=10, alpha=0.5)
+            for step in diverged:
+                ax.scatter([x], [0.0], marker="x", s=60, color=style["color"])
+                ax.annotate(f"diverged at {step}", (x, 0.0), textcoords="offset points", xytext=(4, 6 + 10 * index),
+                            fontsize=7, color=style["color"])
+    if xs_all and max(xs_all) > 4 * min(xs_all) > 0:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set(xlabel=option, ylabel=metric, title=f"{metric} against {option}", ylim=(-0.03, 1))
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def _column(rows: list[dict[str, str]], column: str) -> dict[int, float]:
     return {int(r["step"]): float(r[column]) for r in rows if r.get(column) not in (None, "")}
 
