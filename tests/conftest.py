@@ -1,8 +1,11 @@
-"""Suite-wide checks: the suite leaves the checkout as it found it."""
+"""Suite-wide settings and checks: the image checks' cache in a folder of the session's own,
+and the suite leaves the checkout as it found it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,3 +33,9 @@ def checkout_stays_clean():
     after = git_status()
     if before is not None:
         assert after == before, f"the test suite changed the checkout:\nbefore:\n{before}\nafter:\n{after}"
+
+
+def pytest_configure(config):
+    # The pre-flight's cache (detector/data/preflight.py) of this session only; scripts the tests
+    # start inherit it.
+    os.environ["DETECTOR_CACHE"] = tempfile.mkdtemp(prefix="detector-test-cache-")

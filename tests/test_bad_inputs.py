@@ -14,13 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from detector.data import CocoDetection, DataError, VocDetection, collate
-from detector.data import images as images_module
 from detector.data.errors import error_message
 from detector.data.voc import VOC_CLASSES
 from detector.engine import cli
@@ -252,14 +252,15 @@ def test_bad_xml_names_the_file_and_problem(voc_root, xml, message):
     assert str(info.value) == f"{path}: {message}"
 
 
-def test_xml_without_size_and_an_unreadable_image_names_both(voc_root):
-    (voc_root / "Annotations" / "000002.xml").write_text("<annotation></annotation>")
+def test_an_unreadable_image_is_named_before_its_size_is_needed(voc_root):
+    (voc_root / "Annotations" / "000002.xml").write_text("<annotation></annotation>")  # no <size>
     image = voc_root / "JPEGImages" / "000002.jpg"
     image.write_text("not an image")
     with pytest.raises(DataError) as info:
         VocDetection(voc_root, "train")
-    assert str(info.value) == (f"{image}: cannot read the image size, which {voc_root / 'Annotations' / '000002.xml'} "
-                               f"leaves out: cannot identify image file '{image}'")
+    assert str(info.value).startswith(f"{voc_root / 'ImageSets' / 'Main' / 'train.txt'}: 1 of 2 images cannot be "
+                                      f"used: {image}: cannot decode image: ")
+    assert str(info.value).endswith(SKIP_HINT)
 
 
 # ----------------------------------------------------------------------------- image files
@@ -282,22 +283,44 @@ def _damage(kind: str, good: bytes) -> bytes:
              "format, please rely on `decode_avif` and `decode_heic` directly."),
     ("empty", "the file is empty"),
 ])
-def test_bad_image_is_an_error_at_first_read(coco_root, kind, problem):
+def test_a_bad_image_stops_the_dataset_before_any_image_is_read(coco_root, kind, problem):
     image = coco_root / "train" / "b.png"
     image.write_bytes(_damage(kind, image.read_bytes()))
-    ds = CocoDetection(coco_root, "train")  # only checks that the files exist
-    ds[0]
     with pytest.raises(DataError) as info:
-        ds[1]
-    assert str(info.value) == f"{image}: cannot decode image: {problem}{SKIP_HINT}"
+        CocoDetection(coco_root, "train")
+    ann_file = coco_root / "annotations" / "instances_train.json"
+    assert str(info.value) == f"{ann_file}: 1 of 3 images cannot be used: {image}: cannot decode image: {problem}{SKIP_HINT}"
 
 
-def test_truncated_jpeg_is_an_error_at_first_read(voc_root):
+def test_every_bad_image_is_listed_at_once(coco_root):
+    a, b = coco_root / "train" / "a.png", coco_root / "train" / "b.png"
+    a.write_bytes(b"")
+    b.unlink()
+    with pytest.raises(DataError) as info:
+        CocoDetection(coco_root, "train")
+    assert str(info.value) == (f"{coco_root / 'annotations' / 'instances_train.json'}: 2 of 3 images cannot be used: "
+                               f"{a}: cannot decode image: the file is empty; image file not found: {b}{SKIP_HINT}")
+
+
+def test_a_jpeg_cut_short_is_used_as_pillow_completes_it_with_one_warning(voc_root, caplog):
     image = voc_root / "JPEGImages" / "000001.jpg"
-    image.write_bytes(image.read_bytes()[:300])
-    with pytest.raises(DataError) as info:
-        VocDetection(voc_root, "train")[0]
-    assert str(info.value) == f"{image}: cannot decode image: Image is incomplete or truncated{SKIP_HINT}"
+    whole = image.read_bytes()
+    image.write_bytes(whole[:-20])  # the end marker and the last bytes of the scan are gone
+    with caplog.at_level(logging.WARNING, logger="detector.data"):
+        ds = VocDetection(voc_root, "train")
+    split = voc_root / "ImageSets" / "Main" / "train.txt"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{split}: 1 JPEG file ends early (cut short: 000001.jpg); they are used as Pillow completes them, the missing "
+        f"part grey"]
+    decoded, _ = ds[0]
+    reference = torch.from_numpy(np.asarray(Image.open(io.BytesIO(whole)).convert("RGB"))).permute(2, 0, 1)
+    assert decoded.shape == reference.shape == (3, 30, 40)
+    # The rows before the cut decode as the whole file does (up to JPEG's rounding in another decoder).
+    assert (decoded[:, :8].int() - reference[:, :8].int()).abs().max() <= 2
+    # A JPEG damaged inside (its header zeroed, its end marker still there) stays an error.
+    image.write_bytes(whole[:2] + b"\x00" * 20 + whole[22:])
+    with pytest.raises(DataError, match="cannot decode image"):
+        VocDetection(voc_root, "train")
 
 
 def test_bad_images_are_skipped_and_counted_when_asked(coco_root, caplog):
@@ -317,12 +340,22 @@ def test_bad_images_are_skipped_and_counted_when_asked(coco_root, caplog):
     assert tuple(image.shape) == (3, 16, 16) and target["boxes"].shape == (0, 4)
 
 
-def test_checking_many_images_logs_progress(coco_root, caplog, monkeypatch):
-    monkeypatch.setattr(images_module, "_PROGRESS_EVERY_S", -1.0)  # a report after every image
-    with caplog.at_level(logging.INFO, logger="detector.data"):
-        CocoDetection(coco_root, "train", skip_bad_images=True)
-    ann_file = coco_root / "annotations" / "instances_train.json"
-    assert [r.getMessage() for r in caplog.records] == [f"{ann_file}: checked {i} of 3 images" for i in (1, 2, 3)]
+def test_images_are_checked_once_until_their_files_change(coco_root, monkeypatch, tmp_path):
+    from detector.data import preflight
+
+    monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "cache"))
+    checked = []
+    real = preflight.image_problem
+    monkeypatch.setattr(preflight, "image_problem", lambda path: checked.append(path.name) or real(path))
+    CocoDetection(coco_root, "train")
+    CocoDetection(coco_root, "train")  # a second command, e.g. the next cell of a comparison
+    assert sorted(checked) == ["a.png", "b.png", "c.png"]
+    b = coco_root / "train" / "b.png"
+    b.write_bytes(b.read_bytes()[:-1] + b"\x00")  # same size, new contents and modification time
+    with pytest.raises(DataError, match="b.png"):
+        CocoDetection(coco_root, "train")
+    assert sorted(checked) == ["a.png", "b.png", "b.png", "c.png"]
+    assert [p.parent.name for p in (tmp_path / "cache").rglob("*.json")] == ["preflight"]  # never in the dataset
 
 
 def test_voc_bad_images_are_skipped_when_asked(voc_root, caplog):
@@ -343,8 +376,9 @@ def test_no_readable_image_is_an_error_even_when_skipping(coco_root):
     ann_file = coco_root / "annotations" / "instances_train.json"
     with pytest.raises(DataError) as info:
         CocoDetection(coco_root, "train", skip_bad_images=True)
-    assert str(info.value).startswith(f"{ann_file}: none of its 3 images can be read (first: "
-                                      f"{coco_root / 'train' / 'a.png'}: cannot decode image: Unsupported image file.")
+    assert str(info.value).startswith(f"{ann_file}: none of its 3 images can be read ({coco_root / 'train' / 'a.png'}: "
+                                      f"cannot decode image: Unsupported image file.")
+    assert str(info.value).count("cannot decode image") == 3  # every one of them named
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -402,10 +436,11 @@ def _raise(exc: BaseException):
 
 
 def test_worker_data_error_prints_the_original_message_and_exits_2(coco_root, capsys):
+    dataset = CocoDetection(coco_root, "train")
     image = coco_root / "train" / "c.png"
-    image.write_bytes(image.read_bytes()[:40])
+    image.write_bytes(image.read_bytes()[:40])  # damaged after the check, as by a disk failing mid-run
     with pytest.raises(DataError) as raised:
-        for _ in DataLoader(CocoDetection(coco_root, "train"), batch_size=3, num_workers=1, collate_fn=collate):
+        for _ in DataLoader(dataset, batch_size=3, num_workers=1, collate_fn=collate):
             pass
     exc = raised.value
     assert type(exc) is DataError and str(exc).startswith("Caught DataError in DataLoader worker process 0.")
@@ -438,22 +473,42 @@ def test_config_errors_exit_2_in_scripts_that_never_load_the_data_package(monkey
     assert info.value.code == 2 and capsys.readouterr().err == "error: unknown option 'x.y'\n"
 
 
-def test_train_script_reports_a_truncated_image_with_status_2(tmp_path):
+def _two_split_coco(tmp_path) -> Path:
     root = tmp_path / "coco"
     write_coco(root, {"a.png": (64, 64), "b.png": (64, 64)}, [{"image_id": 1, "category_id": 1, "bbox": [8, 8, 20, 20]}])
     write_coco(root, {"v.png": (64, 64)}, [{"image_id": 1, "category_id": 3, "bbox": [4, 4, 30, 30]}], split="val")
+    return root
+
+
+def test_train_script_refuses_a_truncated_image_before_the_run_directory_with_status_2(tmp_path):
+    root = _two_split_coco(tmp_path)
     bad = root / "train" / "b.png"
     bad.write_bytes(bad.read_bytes()[:200])
     result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--data", "coco", "--data-root", str(root), "--out-dir", str(tmp_path),
+        [sys.executable, "scripts/train.py", "--data", "coco", "--data-root", str(root), "--out-dir", str(tmp_path / "runs"),
          "--set", "train.progress=false", "data.num_workers=1", "train.max_steps=1"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stderr
-    assert f"\nerror: {bad}: {TRUNCATED_PNG}{SKIP_HINT}\n" in "\n" + result.stderr
+    ann_file = root / "annotations" / "instances_train.json"
+    assert f"\nerror: {ann_file}: 1 of 2 images cannot be used: {bad}: {TRUNCATED_PNG}{SKIP_HINT}\n" in "\n" + result.stderr
     assert "Traceback" not in result.stderr
-    # The run is marked failed with the same one line, not the DataLoader worker's traceback.
-    (metrics,) = tmp_path.glob("coco-*/metrics.json")
-    record = json.loads(metrics.read_text())
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_that_fails_in_a_dataloader_worker_records_the_cause_in_one_line(tmp_path, monkeypatch):
+    from detector.data import coco
+    from detector.engine.training import train
+
+    root = _two_split_coco(tmp_path)
+    bad = root / "train" / "b.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    monkeypatch.setattr(coco, "check_images", lambda *args, **kwargs: set())  # as if damaged after the check
+    cfg = config_lib.load(overrides=["data.name=coco", f"data.root={root}", "data.num_workers=1", "data.batch_size=2",
+                                     "train.max_steps=2", "train.progress=false", f"train.out_dir={tmp_path / 'runs'}",
+                                     "train.run_name=failing", "model.anchor_sizes=[8,16]"])
+    with pytest.raises(DataError):
+        train(cfg)
+    record = json.loads((tmp_path / "runs" / "failing" / "metrics.json").read_text())
     assert record["status"] == "failed" and record["error"] == f"DataError: {bad}: {TRUNCATED_PNG}{SKIP_HINT}"
 
 

@@ -147,18 +147,19 @@ def test_missing_files_are_named(voc_root, tmp_path, caplog):
         VocDetection(voc_root, "test")
     (voc_root / "JPEGImages" / "000007.jpg").unlink()
     split_file = voc_root / "ImageSets" / "Main" / "train.txt"
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(DataError) as info:
         VocDetection(voc_root, "train")
     assert str(info.value) == (
-        f"image file not found for {voc_root / 'Annotations' / '000007.xml'}: no 000007 or <filename> '000007.jpg' "
-        f"with suffix .jpg, .jpeg, .png, .webp, .gif (any case) in {voc_root / 'JPEGImages'} (listed in {split_file}; "
-        f"set data.skip_bad_images=true to leave out missing images)")
+        f"{split_file}: 1 of 3 images cannot be used: image file not found for {voc_root / 'Annotations' / '000007.xml'}: "
+        f"no 000007 or <filename> '000007.jpg' with suffix .jpg, .jpeg, .png, .webp, .gif (any case) in "
+        f"{voc_root / 'JPEGImages'} (set data.skip_bad_images=true to leave out such images)")
     with caplog.at_level(logging.WARNING, logger="detector.data"):
         ds = VocDetection(voc_root, "train", skip_bad_images=True)
     assert ds.image_ids == [1, 3] and sorted(ds.coco.getImgIds()) == [1, 3]
     assert [r.getMessage() for r in caplog.records if "leaving out" in r.getMessage()] == [
         f"{split_file}: leaving out 1 of 3 images whose files are missing or "
-        f"cannot be decoded (first: image file not found: {voc_root / 'JPEGImages' / '000007.*'})"
+        f"cannot be decoded (first: image file not found for {voc_root / 'Annotations' / '000007.xml'}: no 000007 or "
+        f"<filename> '000007.jpg' with suffix .jpg, .jpeg, .png, .webp, .gif (any case) in {voc_root / 'JPEGImages'})"
     ]
     (voc_root / "Annotations" / "000009.xml").unlink()
     with pytest.raises(FileNotFoundError, match=r"000009\.xml"):  # never skipped: the image is there

@@ -31,7 +31,8 @@ import numpy as np
 
 from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, Holdout, ImageRecord, Transform, select_categories
 from detector.data.errors import DataError
-from detector.data.images import ImageFolder, base_name, find_bad_images
+from detector.data.images import ImageFolder, base_name
+from detector.data.preflight import check_images
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,9 @@ class CocoDetection(DetectionDataset):
     must be one of them. ``categories``: a subset of the classes (empty = all), in class-list
     order. The ground truth keeps the file's category ids. ``holdout``: only that part of the
     file's images (divided by file stem). ``max_images``: then the first N image ids in
-    ascending order. Images without (selected) annotations stay in as negatives. A missing
-    image file is a FileNotFoundError; with ``skip_bad_images`` every image is decoded once
-    instead, and those missing or undecodable are left out with a warning.
+    ascending order. Images without (selected) annotations stay in as negatives. Every image is
+    decoded once (data/preflight.py): missing or undecodable ones are a DataError listing them
+    all, or with ``skip_bad_images`` left out with a warning.
     """
 
     def __init__(
@@ -114,21 +115,14 @@ class CocoDetection(DetectionDataset):
         cats, images, annotations = _select(data, classes, categories, holdout, max_images, ann_file)
 
         folder = ImageFolder(image_dir)
-        paths = {image["id"]: folder.named(image["file_name"], str(ann_file)) for image in images}
-        if skip_bad_images:
-            # A file that cannot be found is a bad image like one that cannot be decoded.
-            paths = {image["id"]: paths[image["id"]] or image_dir / image["file_name"] for image in images}
-            bad = find_bad_images(list(paths.values()), str(ann_file))
-            images = [image for image in images if str(paths[image["id"]]) not in bad]
-            kept_ids = {image["id"] for image in images}
-            annotations = [ann for ann in annotations if ann["image_id"] in kept_ids]
-        else:
-            missing = [image for image in images if paths[image["id"]] is None]
-            if missing:
-                raise FileNotFoundError(
-                    f"image file not found: {image_dir / missing[0]['file_name']} ({len(missing)} of {len(images)} "
-                    f"images listed in {ann_file} are missing; set data.skip_bad_images=true to leave them out)"
-                )
+        # A file that cannot be found is a bad image like one that cannot be decoded.
+        found = {image["id"]: folder.named(image["file_name"], str(ann_file)) for image in images}
+        paths = {image["id"]: found[image["id"]] or image_dir / image["file_name"] for image in images}
+        missing = {str(paths[i]): f"image file not found: {paths[i]}" for i, path in found.items() if path is None}
+        bad = check_images(list(paths.values()), str(ann_file), skip_bad_images=skip_bad_images, known=missing)
+        images = [image for image in images if str(paths[image["id"]]) not in bad]
+        kept_ids = {image["id"] for image in images}
+        annotations = [ann for ann in annotations if ann["image_id"] in kept_ids]
 
         label_of = {cat["id"]: label for label, cat in enumerate(cats, start=1)}
         per_image: dict[int, list[dict]] = {image["id"]: [] for image in images}

@@ -2,7 +2,8 @@
 an annotation's image file in a folder.
 
 Every problem is an error naming the file: FileNotFoundError for a missing one, DataError for
-anything else.
+anything else. A JPEG cut short, which torchvision refuses, is read as Pillow completes it
+(data/preflight.py warns about each such file before training).
 
 Decoding (torchvision.io, the same for every reader): JPEG, PNG, WebP and GIF; greyscale, palette,
 grey + alpha, RGBA and CMYK become RGB (alpha is dropped, not composited: PIL's convert("RGB")
@@ -16,18 +17,19 @@ too: the dataset reads the stored pixels when the annotation's size is theirs
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
 import struct
-import time
+import threading
 import zlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
 
+import numpy as np
 import torch
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageFile, ImageOps
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2.functional import to_dtype
@@ -52,16 +54,54 @@ def load_image(path: str, exif_orientation: bool = True) -> Tensor:
         raise FileNotFoundError(f"image file not found: {path}") from None
     except (OSError, ValueError) as exc:  # a folder, no permission, a NUL in the name
         raise DataError(f"{path}: cannot read image: {getattr(exc, 'strerror', None) or exc}") from None
+    image, problem = _decode(data, exif_orientation)
+    if image is None and _cut_short_jpeg(data):
+        image = _complete_truncated_jpeg(data, exif_orientation)
+    if image is None:
+        raise DataError(f"{path}: cannot decode image: {problem}")
+    return image
+
+
+def _decode(data: bytes, exif_orientation: bool) -> tuple[Tensor | None, str | None]:
+    """torchvision's decoding of a file's bytes: (uint8 (3, H, W), None) or (None, the problem)."""
     problem = "the file is empty" if not data else _png_problem(data) if data.startswith(_PNG_SIGNATURE) else None
-    if problem is None:
+    if problem is not None:
+        return None, problem
+    try:
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                             apply_exif_orientation=exif_orientation)
+    except RuntimeError as exc:
+        return None, _CPP_LOCATION.sub("", str(exc))
+    # 16-bit PNGs decode to uint16; the model's normalisation expects 0-255.
+    return (image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)), None
+
+
+_JPEG_SIGNATURE = b"\xff\xd8"
+_JPEG_END = b"\xff\xd9"
+_TRUNCATED = threading.Lock()  # LOAD_TRUNCATED_IMAGES is Pillow's global setting
+
+
+def _cut_short_jpeg(data: bytes) -> bool:
+    """A JPEG without its end marker (trailing zero padding aside): a copy cut short, not one
+    damaged inside, which stays an error."""
+    return data.startswith(_JPEG_SIGNATURE) and not data.rstrip(b"\0").endswith(_JPEG_END)
+
+
+def _complete_truncated_jpeg(data: bytes, exif_orientation: bool) -> Tensor | None:
+    """A JPEG that ends early (a copy cut short), as Pillow finishes it (the missing rows grey):
+    libjpeg-turbo in torchvision refuses it even when only the end marker is gone. None when
+    Pillow cannot decode it either."""
+    with _TRUNCATED:
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                                 apply_exif_orientation=exif_orientation)
-            # 16-bit PNGs decode to uint16; the model's normalisation expects 0-255.
-            return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
-        except RuntimeError as exc:
-            problem = _CPP_LOCATION.sub("", str(exc))
-    raise DataError(f"{path}: cannot decode image: {problem}")
+            with Image.open(io.BytesIO(data)) as opened:
+                image = ImageOps.exif_transpose(opened) if exif_orientation else opened
+                pixels = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
 # EXIF orientations 5-8 turn the stored image by 90 degrees (with or without a mirror).
@@ -163,26 +203,18 @@ def _png_problem(data: bytes) -> str | None:
     return "the PNG file is truncated (it ends before its IEND chunk)"
 
 
-_PROGRESS_EVERY_S = 30.0
-
-
-def find_bad_images(paths: Sequence[Path], source: str) -> set[str]:
-    """Decode every image once; returns the paths of those missing or undecodable, counted in
-    one warning that shows the first problem. When none is readable: DataError."""
-    problems: dict[str, str] = {}
-    reported = time.monotonic()
-    for done, path in enumerate(paths, start=1):
-        try:
-            load_image(str(path))
-        except (DataError, FileNotFoundError) as exc:
-            problems[str(path)] = str(exc)
-        if time.monotonic() - reported > _PROGRESS_EVERY_S:
-            logger.info("%s: checked %d of %d images", source, done, len(paths))
-            reported = time.monotonic()
-    if problems:
-        first = next(iter(problems.values()))
-        if len(problems) == len(paths):
-            raise DataError(f"{source}: none of its {len(paths)} images can be read (first: {first})")
-        logger.warning("%s: leaving out %d of %d images whose files are missing or cannot be decoded "
-                       "(first: %s)", source, len(problems), len(paths), first)
-    return set(problems)
+def image_problem(path: Path) -> tuple[str, str | None]:
+    """How an image file decodes: ("ok", None), ("truncated", the problem) for a JPEG cut short
+    that is used as Pillow completes it, or ("bad", the error) for a missing or undecodable file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "bad", f"image file not found: {path}"
+    except (OSError, ValueError) as exc:
+        return "bad", f"{path}: cannot read image: {getattr(exc, 'strerror', None) or exc}"
+    image, problem = _decode(data, exif_orientation=True)
+    if image is not None:
+        return "ok", None
+    if _cut_short_jpeg(data) and _complete_truncated_jpeg(data, exif_orientation=True) is not None:
+        return "truncated", problem
+    return "bad", f"{path}: cannot decode image: {problem}"

@@ -39,7 +39,8 @@ from PIL import Image
 
 from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, Holdout, ImageRecord, Transform, select_categories
 from detector.data.errors import DataError
-from detector.data.images import IMAGE_SUFFIXES, ImageFolder, find_bad_images, read_image_size
+from detector.data.images import IMAGE_SUFFIXES, ImageFolder, read_image_size
+from detector.data.preflight import check_images
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +137,9 @@ class VocDetection(DetectionDataset):
     a class not in ``classes`` is an error naming the file. ``categories``: a subset of the
     classes (empty = all), in class-list order; objects of other classes are skipped.
     ``holdout``: read only that part of the split (with a plain folder: of the whole folder when
-    no split of that name exists). ``max_images``: then the first N images. An image file that
-    is missing is a FileNotFoundError; with ``skip_bad_images`` every image is decoded once
-    instead, and those missing or undecodable are left out with a warning.
+    no split of that name exists). ``max_images``: then the first N images. Every image is
+    decoded once (data/preflight.py): missing or undecodable ones are a DataError listing them
+    all, or with ``skip_bad_images`` left out with a warning.
     """
 
     def __init__(
@@ -169,9 +170,10 @@ class VocDetection(DetectionDataset):
         label_of = {name: label for label, name in enumerate(labels, start=1)}
         category_of = {name: classes.index(name) + 1 for name in labels}
 
-        image_paths = {image_id: _image_of(folder, found, image_id, parsed[image_id], missing_ok=skip_bad_images)
-                       for image_id in ids}
-        bad = find_bad_images(list(image_paths.values()), str(found.source)) if skip_bad_images else set()
+        image_paths = {image_id: _image_of(folder, found, image_id, parsed[image_id]) for image_id in ids}
+        missing = {str(image_paths[i]): _missing(folder, found, i, parsed[i]) for i in ids if "*" in image_paths[i].name}
+        bad = check_images(list(image_paths.values()), str(found.source), skip_bad_images=skip_bad_images,
+                           known=missing)
         records, images, annotations = [], [], []
         self._xml_files: dict[int, str] = {}
         for image_id in ids:
@@ -233,22 +235,21 @@ class VocDetection(DetectionDataset):
         return self._xml_files[record.image_id]
 
 
-def _image_of(folder: ImageFolder, found: VocSplit, image_id: int, annotation: Annotation,
-              missing_ok: bool) -> Path:
-    """The image file of one XML (the rule: the module docstring). A missing one is a
-    FileNotFoundError, or with ``missing_ok`` a path that does not exist (a bad image to skip)."""
+def _image_of(folder: ImageFolder, found: VocSplit, image_id: int, annotation: Annotation) -> Path:
+    """The image file of one XML (the rule: the module docstring); for a missing one a path that
+    does not exist, which the image check reports (or leaves out)."""
     name, xml_path = found.names[image_id - 1], found.xml_files[image_id - 1]
     path = folder.with_stem(name, str(xml_path))
     if path is None and annotation.filename:
         path = folder.named(annotation.filename, str(xml_path))
-    if path is not None:
-        return path
-    if missing_ok:  # a name that no file has: read as "any suffix" in the skipped-images warning
-        return folder.folder / f"{name}.*"
+    return path if path is not None else folder.folder / f"{name}.*"  # any suffix: no such file
+
+
+def _missing(folder: ImageFolder, found: VocSplit, image_id: int, annotation: Annotation) -> str:
+    name, xml_path = found.names[image_id - 1], found.xml_files[image_id - 1]
     named = f" or <filename> {annotation.filename!r:.100}" if annotation.filename else ""
-    raise FileNotFoundError(
-        f"image file not found for {xml_path}: no {name}{named} with suffix {', '.join(IMAGE_SUFFIXES)} (any case) in "
-        f"{folder.folder} (listed in {found.source}; set data.skip_bad_images=true to leave out missing images)")
+    return (f"image file not found for {xml_path}: no {name}{named} with suffix {', '.join(IMAGE_SUFFIXES)} (any case) "
+            f"in {folder.folder}")
 
 
 def _log_images_without_xml(folder: ImageFolder, found: VocSplit) -> None:
