@@ -106,3 +106,91 @@ def tree_digest(root: Path) -> str:
         if path.is_file():
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def write_roboflow_coco(root: Path, photos: dict[str, tuple[Photo, ...]] = PHOTOS) -> Path:
+    """Roboflow's COCO export: ``<split>/_annotations.coco.json`` beside the split's images
+    (``valid`` for the validation split), with Roboflow's placeholder category 0."""
+    for split, items in photos.items():
+        folder = root / ("valid" if split == "val" else split)
+        folder.mkdir(parents=True)
+        images, annotations = [], []
+        for index, photo in enumerate(items, start=1):
+            (folder / photo.name).write_bytes(jpeg(photo, index))
+            images.append({"id": index, "file_name": photo.name, "width": photo.width, "height": photo.height})
+            for name, x1, y1, x2, y2 in photo.objects:
+                annotations.append({"id": len(annotations) + 1, "image_id": index, "category_id": CLASSES.index(name) + 1,
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        categories = [{"id": 0, "name": "pets", "supercategory": "none"},
+                      *({"id": i, "name": name, "supercategory": "pets"} for i, name in enumerate(CLASSES, start=1))]
+        (folder / "_annotations.coco.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return root
+
+
+def write_one_coco_file(root: Path, photos: dict[str, tuple[Photo, ...]] = PHOTOS) -> Path:
+    """One COCO file beside an images/ folder (CVAT, Label Studio), every split's photos in it."""
+    everything = {"all": tuple(p for items in photos.values() for p in items)}
+    write_coco_export(root / "tmp", everything)
+    (root / "tmp" / "all").rename(root / "images")
+    (root / "tmp" / "annotations" / "instances_all.json").rename(root / "result.json")
+    (root / "tmp" / "annotations").rmdir()
+    (root / "tmp").rmdir()
+    return root
+
+
+def write_voc_devkit(root: Path, photos: dict[str, tuple[Photo, ...]] = PHOTOS) -> Path:
+    """A VOCdevkit year folder: JPEGImages/, Annotations/, ImageSets/Main/<split>.txt."""
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    index = 0
+    for split, items in photos.items():
+        for photo in items:
+            index += 1
+            (root / "JPEGImages" / photo.name).write_bytes(jpeg(photo, index))
+            (root / "Annotations" / photo.name).with_suffix(".xml").write_text(voc_xml(photo))
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{p.name[:-4]}\n" for p in items))
+    return root
+
+
+def write_voc_per_split(root: Path, photos: dict[str, tuple[Photo, ...]] = PHOTOS) -> Path:
+    """Roboflow's Pascal VOC export: a folder per split (train/, valid/) of photos and their XML."""
+    for split, items in photos.items():
+        write_voc_folder(root / ("valid" if split == "val" else split), {split: items})
+    return root
+
+
+def write_voc_two_folders(root: Path, images: str = "images", annotations: str = "annots",
+                          photos: dict[str, tuple[Photo, ...]] = PHOTOS) -> Path:
+    """A plain folder with the photos in one subfolder and their XML in another."""
+    (root / images).mkdir(parents=True)
+    (root / annotations).mkdir()
+    for index, photo in enumerate((p for items in photos.values() for p in items), start=1):
+        (root / images / photo.name).write_bytes(jpeg(photo, index))
+        (root / annotations / photo.name).with_suffix(".xml").write_text(voc_xml(photo))
+    return root
+
+
+def write_roboflow_yolo(root: Path, photos: dict[str, tuple[Photo, ...]] = PHOTOS) -> Path:
+    """Roboflow's YOLO export: ``<split>/images``, ``<split>/labels``, data.yaml with a names list."""
+    for split, items in photos.items():
+        folder = root / ("valid" if split == "val" else split)
+        (folder / "images").mkdir(parents=True)
+        (folder / "labels").mkdir()
+        for index, photo in enumerate(items, start=1):
+            (folder / "images" / photo.name).write_bytes(jpeg(photo, index))
+            (folder / "labels" / photo.name).with_suffix(".txt").write_text(yolo_rows(photo))
+    (root / "data.yaml").write_text(f"train: ../train/images\nval: ../valid/images\nnc: {len(CLASSES)}\n"
+                                    f"names: [{', '.join(CLASSES)}]\n")
+    return root
+
+
+def write_flat_yolo(root: Path, photos: dict[str, tuple[Photo, ...]] = PHOTOS) -> Path:
+    """One images/ + labels/ pair and classes.txt, no splits."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for index, photo in enumerate((p for items in photos.values() for p in items), start=1):
+        (root / "images" / photo.name).write_bytes(jpeg(photo, index))
+        (root / "labels" / photo.name).with_suffix(".txt").write_text(yolo_rows(photo))
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root

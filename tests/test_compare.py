@@ -119,7 +119,7 @@ def test_a_cell_that_cannot_start_stops_the_matrix_and_leaves_no_directory(tmp_p
     assert sorted(p.name for p in runs_dir.iterdir()) == ["trained.txt"]
 
 
-TINY = ["data.shapes_image_size=64", "data.shapes_num_train=16", "data.shapes_num_val=8", "data.batch_size=8",
+TINY = ["data.name=shapes", "data.shapes_image_size=64", "data.shapes_num_train=16", "data.shapes_num_val=8", "data.batch_size=8",
         "data.num_workers=0", "train.epochs=1", "train.warmup_steps=1", "train.log_every_n_steps=1"]
 
 

@@ -15,7 +15,8 @@ def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
 
 
 def test_shapes_preset_is_the_default():
-    assert config_lib.load(CONFIGS / "shapes.yaml") == Config()
+    assert config_lib.load(CONFIGS / "shapes.yaml") == config_lib.load()
+    assert config_lib.load().data.name == "shapes" and Config().data.name == "auto"  # auto at data/shapes: shapes
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
@@ -35,7 +36,7 @@ def test_overrides_are_typed():
     ("optim.lr=1", r"unknown option 'optim.lr'; did you mean 'train.lr'\? \(sections: data, model, loss, train\)$"),
     ("data.lr=1", r"unknown option 'data.lr'; did you mean 'train.lr'\? \(options of data: name, root, "),
     ("train.zzz=1", r"unknown option 'train.zzz' \(options of train: "),
-    ("data.name=kitti", "option 'data.name' is 'kitti'; valid choices: shapes, coco, voc"),
+    ("data.name=kitti", "option 'data.name' is 'kitti'; valid choices: auto, shapes, coco, voc, yolo"),
     ("model.backbone=vgg16", "valid choices: resnet18, resnet34, resnet50"),
     ("train.epochs=two", "option 'train.epochs' must be int"),
     ("train.lr=-1", "option 'train.lr' is -1.0; it must be > 0"),

@@ -248,7 +248,7 @@ def test_resize_matches_torchvision_sizes(size):
 
 
 def test_build_dataset_and_data_module(tmp_path):
-    cfg = DataConfig(root=str(tmp_path / "shapes"), shapes_image_size=64, shapes_num_train=20,
+    cfg = DataConfig(name="shapes", root=str(tmp_path / "shapes"), shapes_image_size=64, shapes_num_train=20,
                      shapes_num_val=6, batch_size=4, num_workers=0, max_train_images=10)
     train = build_dataset(cfg, cfg.train_split, train=True)
     assert len(train) == 10 and train.transform.hflip

@@ -159,7 +159,7 @@ def test_pascal_voc_keeps_its_standard_class_order(tmp_path):
     (["data.name=coco", "data.val_fraction=0.2", "data.val_images=valid"],
      "option 'data.val_images' is set, but with data.val_fraction the validation images are held out of the training "
      "split's files; leave one of them out"),
-    (["data.classes=[a]"], "option 'data.classes' applies to coco and voc data, not to data.name=shapes"),
+    (["data.classes=[a]"], "option 'data.classes' applies to coco and voc and yolo data, not to data.name=shapes"),
     (["data.name=voc", "data.classes=[RBC,WBC,RBC]"],
      "option 'data.classes' is ['RBC', 'WBC', 'RBC']; it must list distinct names without surrounding spaces"),
     (["data.name=voc", "data.classes=[RBC,WBC]", "data.categories=[Platelets]"],

@@ -29,7 +29,7 @@ TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"
 TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 TINY_SHAPES = [
-    "data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
+    "data.name=shapes", "data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
     "data.num_workers=0", "train.epochs=2", "train.warmup_steps=2", "train.progress=false",
     "train.log_every_n_steps=2", "train.val_every_n_epochs=1",
 ]
@@ -199,7 +199,7 @@ def test_predict_stops_at_a_bad_image_naming_it(shapes_run, tmp_path):
     (["--loss", "l3"], "unknown regression loss 'l3'; valid losses:"),
     (["--loss-args", "gamma=2"], "no parameter 'gamma'"),
     (["--set", "train.optimiser=sgd"], "unknown option 'train.optimiser'"),
-    (["--data", "kitti"], "valid choices: shapes, coco, voc"),
+    (["--data", "kitti"], "valid choices: auto, shapes, coco, voc, yolo"),
     (["--data", "coco", "--data-root", "/nonexistent/coco"], "/nonexistent/coco"),
     (["--data", "coco"], "--data coco needs the dataset's folder: give --data-root DIR"),
     (["--set", "train.lrr=0.1"], "did you mean 'train.lr'?"),

@@ -20,7 +20,7 @@ from detector.engine import config as config_lib
 from detector.engine.training import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
+TINY = ["data.name=shapes", "data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
         "data.num_workers=0", "train.epochs=2", "train.warmup_steps=1", "train.progress=false",
         "train.log_every_n_steps=1", "train.val_every_n_epochs=1"]
 # Options that keep a run on a user's folder short, whatever the format the script reads it as.
@@ -80,7 +80,7 @@ def test_every_script_leaves_a_dataset_given_without_data_byte_for_byte(fmt, tmp
 
 def test_train_refuses_a_coco_export_as_shapes_in_one_line(tmp_path, monkeypatch, capsys):
     root = write_coco_export(tmp_path / "my_coco")
-    status, err = run_script("train.py", "--data-root", root, "--max-steps", "1", cwd=tmp_path,
+    status, err = run_script("train.py", "--data", "shapes", "--data-root", root, "--max-steps", "1", cwd=tmp_path,
                              monkeypatch=monkeypatch, capsys=capsys)
     assert status == 2
     assert "error: data.root" in err and "a COCO dataset? add --data coco" in err

@@ -18,7 +18,7 @@ from detector.engine.training import train
 from detector.lab.report import load_run
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
+TINY = ["data.name=shapes", "data.shapes_image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=8", "data.batch_size=8",
         "data.num_workers=0", "train.epochs=2", "train.warmup_steps=1", "train.progress=false",
         "train.log_every_n_steps=1", "train.val_every_n_epochs=1"]
 

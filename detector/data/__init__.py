@@ -1,4 +1,4 @@
-"""Datasets for the detector: the generated ``shapes`` set, COCO-format and PASCAL VOC readers,
+"""Datasets for the detector: the generated ``shapes`` set, COCO-format, PASCAL VOC and YOLO readers,
 image files without annotations (prediction), image decoding, geometric transforms, the epoch
 sampler and box noise. Records and tensors out; nothing here knows of the model, the
 configuration or Lightning (the engine builds datasets from the configuration:
@@ -19,6 +19,8 @@ from detector.data.transforms import DetectionTransform, boxes_to_original
 from detector.data.voc import VocDetection
 from detector.data.voc import find_split as voc_split
 from detector.data.voc import read_classes as voc_classes
+from detector.data.yolo import YoloDetection
+from detector.data.yolo import read_classes as yolo_classes
 
 __all__ = [
     "CocoDetection",
@@ -30,6 +32,7 @@ __all__ = [
     "ImageFiles",
     "ImageRecord",
     "VocDetection",
+    "YoloDetection",
     "boxes_to_original",
     "coco_classes",
     "coco_split_files",
@@ -43,4 +46,5 @@ __all__ = [
     "relative_names",
     "voc_classes",
     "voc_split",
+    "yolo_classes",
 ]

@@ -24,14 +24,17 @@ from detector.data import (
     DetectionTransform,
     Holdout,
     VocDetection,
+    YoloDetection,
     coco_classes,
     coco_split_files,
     corrupt_boxes,
     ensure_shapes,
     voc_classes,
     voc_split,
+    yolo_classes,
 )
-from detector.engine.config import Config, ConfigError, DataConfig, ModelConfig
+from detector.data.layout import detect
+from detector.engine.config import Config, ConfigError, DataConfig, ModelConfig, resolve_data_format
 from detector.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -203,6 +206,7 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
     cfg.val_fraction both are parts of the training split. The classes are cfg.classes, or
     when empty :func:`resolve_classes`'s.
     """
+    resolve_data_format(cfg)  # a configuration made without load() may still say auto
     transform = build_transform(cfg, train)
     role = split_role(cfg, split, train)
     holdout = Holdout(cfg.val_fraction, cfg.split_seed, role) if role and cfg.val_fraction > 0 else None
@@ -218,8 +222,10 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> DetectionDataset:
         dataset = VocDetection(cfg.root, cfg.train_split if holdout else split, image_folder=cfg.image_folder,
                                annotation_folder=cfg.annotation_folder, classes=cfg.classes or resolve_classes(cfg),
                                **options)
+    elif cfg.name == "yolo":
+        dataset = YoloDetection(cfg.root, cfg.train_split if holdout else split, classes=cfg.classes or None, **options)
     else:
-        raise ValueError(f"unknown dataset '{cfg.name}'; valid names: shapes, coco, voc")
+        raise ValueError(f"unknown dataset '{cfg.name}'; valid names: shapes, coco, voc, yolo")
     if train and cfg.train_box_noise > 0:
         dataset.records, _ = corrupt_boxes(dataset.records, cfg.train_box_noise, cfg.train_box_noise_seed)
     return dataset
@@ -267,6 +273,8 @@ def resolve_classes(cfg: DataConfig) -> list[str]:
 
 
 def _classes_found(cfg: DataConfig) -> list[str]:
+    if cfg.name == "yolo":  # its names file: a class is its index there, used by a box or not
+        return yolo_classes(cfg.root)
     roles = ("train",) if cfg.val_fraction > 0 else ("train", "val")
     splits = {role: cfg.train_split if role == "train" else cfg.val_split for role in roles}
     if cfg.name == "voc":
@@ -294,6 +302,50 @@ def check_same_categories(train: DetectionDataset, val: DetectionDataset) -> Non
 
 def ensure_generated(cfg: DataConfig) -> None:
     """Generate the shapes dataset when it is the one configured and not there yet."""
+    resolve_data_format(cfg)
     if cfg.name == "shapes":
         ensure_shapes(cfg.root, image_size=cfg.shapes_image_size, num_train=cfg.shapes_num_train,
                       num_val=cfg.shapes_num_val, seed=cfg.shapes_seed)
+
+
+# About 10 boxes of a class are the fewest a detector learns it from (a random-init trunk wants far more).
+FEW_BOXES = 10
+
+
+def data_summary(cfg: DataConfig, train: DetectionDataset, val: DetectionDataset) -> str:
+    """One line on what a run trains on: the format, the images of each part, the classes, how
+    the validation images were chosen."""
+    classes = len(train.class_names)
+    held = (f"; no validation split: {cfg.val_fraction:.0%} of the images held out (data.val_fraction, seed "
+            f"{cfg.split_seed})" if cfg.val_fraction > 0 else "")
+    layout = next((found.description for found in detect(cfg.root) if found.format == cfg.name), cfg.name)
+    return (f"data: {layout} in {cfg.root}: {len(train)} training and {len(val)} validation images, {classes} "
+            f"class{'es' if classes != 1 else ''}{held}")
+
+
+def sufficiency_warnings(train: DetectionDataset) -> list[str]:
+    """Warnings, with the numbers, where the training data cannot support a detector: classes
+    with fewer than FEW_BOXES training boxes, or more classes than training images."""
+    counts = {name: 0 for name in train.class_names}
+    for record in train.records:
+        for label in record.labels.tolist():
+            counts[train.class_names[label - 1]] += 1
+    warnings = []
+    few = {name: count for name, count in counts.items() if count < FEW_BOXES}
+    if few:
+        listed = ", ".join(f"{name} {count}" for name, count in sorted(few.items(), key=lambda item: item[1])[:10])
+        warnings.append(f"{len(few)} of {len(counts)} classes have fewer than {FEW_BOXES} training boxes ({listed}"
+                        f"{', ...' if len(few) > 10 else ''}): too few to learn them; merge or drop such classes "
+                        f"(data.categories) or label more")
+    if len(counts) > len(train):
+        warnings.append(f"{len(counts)} classes on {len(train)} training images: more classes than images cannot "
+                        f"train a usable detector from a random-init trunk; use fewer classes or a pretrained one "
+                        f"(--weights imagenet)")
+    return warnings
+
+
+def report_data(cfg: DataConfig, train: DetectionDataset, val: DetectionDataset) -> None:
+    """Log what the data is and what it cannot support."""
+    logger.info(data_summary(cfg, train, val))
+    for warning in sufficiency_warnings(train):
+        logger.warning(warning)

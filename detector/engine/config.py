@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from detector.data.layout import Layout, detect, folder_hint
 from detector.engine.errors import ConfigError
 from detector.engine.io import atomic_write_text
 from detector.model import ROI_ALIGN_KERNELS, TORCHVISION_LOSS, build_loss, named_weights
@@ -73,21 +74,24 @@ _RUNTIME = dict(result=False, after_training="runtime")
 
 @dataclass
 class DataConfig:
-    name: str = option("shapes", choices=("shapes", "coco", "voc"), **_DATA)
+    # auto: the bundled shapes set at the default root, else the format and layout found in data.root
+    # (resolve_data_format); the run records what it resolved to.
+    name: str = option("auto", choices=("auto", "shapes", "coco", "voc", "yolo"), **_DATA)
     # shapes: where the generated dataset lives; coco: the folder holding annotations/ and
-    # the image folders; voc: the VOC year folder (holding JPEGImages/, Annotations/, ImageSets/)
+    # the image folders; voc: the VOC year folder (holding JPEGImages/, Annotations/, ImageSets/);
+    # yolo: the folder holding images/ and labels/ (or <split>/images/) and data.yaml
     root: str = option("data/shapes", **_DATA)
     train_split: str = option("train", **_DATA)  # coco: train2017; voc: trainval
     val_split: str = option("val", **_DATA)  # coco: val2017; voc: test or val
     # coco / voc: class names in label order (labels 1..K). Empty: found before training in the
     # training and validation splits (data/README.md says how) and written here, so config.yaml
     # records them and every loss and seed of a comparison trains the same list.
-    classes: list[str] = option(factory=list, readers=("coco", "voc"), dataset=True)
+    classes: list[str] = option(factory=list, readers=("coco", "voc", "yolo"), dataset=True)
     # Category subset by name, kept in class-list order; empty = all classes.
     categories: list[str] = option(factory=list, **_DATA)
     # coco / voc without a validation split: hold out this fraction of the training split's
     # images (chosen by file name and split_seed, data/README.md); val_split then names that part.
-    val_fraction: float = option(0.0, readers=("coco", "voc"), **_DATA)
+    val_fraction: float = option(0.0, readers=("coco", "voc", "yolo"), **_DATA)
     # Seed of that division; not train.seed, so that every seed of a comparison is validated on
     # the same images.
     split_seed: int = option(0, **_DATA)
@@ -263,6 +267,7 @@ DATA_LAYOUTS = {
     "coco": "annotations/instances_<split>.json (or <split>/_annotations.coco.json) and the images of <split>/",
     "voc": "a VOCdevkit year (JPEGImages/, Annotations/*.xml, ImageSets/Main/<split>.txt) or a plain folder of "
            "images with their XML files",
+    "yolo": "images/<split>/ and labels/<split>/ (or <split>/images/ and <split>/labels/) with data.yaml or classes.txt",
 }
 # The options that read a COCO annotation file wherever it lies, named where a JSON file is
 # given as data.root (one place, so the message follows the options' names).
@@ -300,7 +305,8 @@ def from_dict(raw: dict[str, Any], source: str = "configuration") -> Config:
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None,
          base: dict[str, Any] | None = None) -> Config:
-    """Load a YAML preset (or ``base``, or the defaults), apply ``key=value`` overrides, validate."""
+    """Load a YAML preset (or ``base``, or the defaults), apply ``key=value`` overrides, resolve
+    ``data.name=auto`` (resolve_data_format), validate."""
     if path is None:
         cfg = from_dict(base) if base is not None else Config()
     else:
@@ -317,6 +323,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
             raise ConfigError(f"override '{item}' must look like section.key=value")
         key, text = item.split("=", 1)
         set_value(cfg, key.strip(), yaml.safe_load(text) if text.strip() else None, source="--set")
+    resolve_data_format(cfg.data)
     validate(cfg)
     return cfg
 
@@ -324,7 +331,61 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
 def from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
     """The configuration of a script's arguments (``detector/engine/cli.py`` defines them):
     ``--config`` (or ``base``, or the defaults), then ``--set``, the loss parameters and every
-    dedicated flag, whose destination is its option with ``__`` for the dot."""
+    dedicated flag, whose destination is its option with ``__`` for the dot. ``data.name=auto``
+    is resolved (resolve_data_format); data other than shapes, without ``--config`` or ``base``,
+    starts from the real-photo preset (PHOTO_PRESET) instead of the defaults."""
+    overrides = _overrides(args)
+    preset = getattr(args, "config", None)
+    cfg = load(preset, overrides, base=base)
+    if cfg.data.name != "shapes" and preset is None and base is None:
+        cfg = load(PHOTO_PRESET, overrides)
+    return cfg
+
+
+# The real-photo preset that data other than shapes starts from when no --config is given.
+PHOTO_PRESET = Path(__file__).resolve().parents[2] / "configs" / "custom.yaml"
+
+
+def resolve_data_format(d: DataConfig) -> Layout | None:
+    """``data.name=auto`` made concrete, in place: shapes at the default root (or a folder the
+    shapes generator made), else the one dataset layout found in data.root, whose options are set
+    where they are still at their defaults; returns that layout (None for shapes or a name given).
+    No layout, or two, is a ConfigError that says what the folder holds and how to choose."""
+    if d.name != "auto":
+        return None
+    root = Path(d.root)
+    if root.suffix.lower() == ".json":
+        return None  # an annotation file given as the folder: validation says how to read it
+    if d.root == DataConfig.root or (root / "meta.json").is_file() and not detect(root):
+        d.name = "shapes"
+        return None
+    if not root.is_dir():
+        raise ConfigError(f"option 'data.root' is {d.root}, which is not a folder; give the dataset's folder with "
+                          f"--data-root DIR")
+    layouts = detect(root)
+    if not layouts:
+        raise ConfigError(f"{root}: no dataset layout found ({folder_hint(root)}); name the format with --data "
+                          f"{'|'.join(DATA_LAYOUTS)} and its folders with the data.* options (README: Train on your own data)")
+    if len(layouts) > 1:
+        found = "; ".join(f"{layout.label}: {layout.description}" for layout in layouts)
+        raise ConfigError(f"{root} holds more than one dataset ({found}); choose one with "
+                          f"{' or '.join(sorted({f'--data {layout.format}' for layout in layouts}))}")
+    (layout,) = layouts
+    d.name = layout.format
+    apply_layout(d, layout)
+    return layout
+
+
+def apply_layout(d: DataConfig, layout: Layout) -> None:
+    """The layout's data.* options, where the configuration still has the default (the user's own
+    choices stay); data.root where the dataset sits one folder down."""
+    defaults = DataConfig()
+    for key, value in layout.options.items():
+        if key == "root" or getattr(d, key) == getattr(defaults, key):
+            setattr(d, key, value)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(getattr(args, "set", None) or [])
     for dest, value in vars(args).items():
         if "__" in dest and value is not None:
@@ -333,7 +394,7 @@ def from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> C
         if getattr(args, dest, None):
             pairs = _parse_pairs(getattr(args, dest), "--" + dest.replace("_", "-"))
             overrides.append(f"{key}={yaml.safe_dump(pairs, default_flow_style=True).strip()}")
-    return load(getattr(args, "config", None), overrides, base=base)
+    return overrides
 
 
 def _parse_pairs(items: list[str], flag: str) -> dict[str, Any]:
@@ -550,7 +611,7 @@ DATA_OPTIONS_OF = {key.partition(".")[2]: roles.readers for key, roles in option
 def _check_data_sources(d: DataConfig) -> None:
     defaults = DataConfig()
     for key, names in DATA_OPTIONS_OF.items():
-        if getattr(d, key) != getattr(defaults, key) and d.name not in names:
+        if getattr(d, key) != getattr(defaults, key) and d.name not in (*names, "auto"):
             raise ConfigError(f"option 'data.{key}' applies to {' and '.join(names)} data, not to data.name={d.name}")
     for key in ("val_annotations", "val_images"):
         if getattr(d, key) is not None and d.val_fraction > 0:

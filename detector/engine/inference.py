@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from detector.data.layout import LAYOUT_OPTIONS
 from detector.engine import config as config_lib
 from detector.engine.config import Config, ConfigError
 from detector.engine.module import DetectorModule
@@ -62,7 +63,13 @@ def inference_config(args: argparse.Namespace, allowed: tuple[str, ...], script:
     naming it."""
     checkpoint = find_checkpoint(args.checkpoint)
     trained = checkpoint_config(checkpoint)
-    cfg = config_lib.from_args(args, base=config_lib.to_dict(trained))
+    base = config_lib.to_dict(trained)
+    if getattr(args, "data__root", None) and not getattr(args, "data__name", None):
+        # Other data given by its folder alone: its format and layout are found there, not taken
+        # from the training data's.
+        defaults = config_lib.to_dict(config_lib.Config())["data"]
+        base["data"].update({key: defaults[key] for key in LAYOUT_OPTIONS}, name="auto")
+    cfg = config_lib.from_args(args, base=base)
     fixed = [key for key, value in config_lib.flatten(cfg).items()
              if key not in allowed and value != config_lib.flatten(trained)[key]]
     if fixed:

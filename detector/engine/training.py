@@ -19,7 +19,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from detector.data import error_message
 from detector.engine import config as config_lib
 from detector.engine import rundir
-from detector.engine.build import load_trunk_weights, regression_loss_records, resolve_classes
+from detector.engine.build import load_trunk_weights, regression_loss_records, report_data, resolve_classes
 from detector.engine.callbacks import GradientStatistics, StopOnSignal
 from detector.engine.config import Config, ConfigError
 from detector.engine.datamodule import DetectionDataModule
@@ -63,20 +63,16 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
     pl.seed_everything(t.seed, workers=True, verbose=False)
     resolve_precision(cfg)
     cfg.data.classes = resolve_classes(cfg.data)  # fixed before training, recorded in config.yaml
-    run_dir = Path(t.out_dir) / (t.run_name or rundir.default_run_name(cfg))
-    if not resume and rank_zero_only.rank == 0:  # other DDP ranks start once rank 0 has made it
-        if not t.run_name:
-            run_dir = unique_path(run_dir)
-            # DDP ranks that Lightning starts later inherit this, and use rank 0's timestamped name.
-            os.environ[rundir.RUN_NAME_VARIABLE] = run_dir.name
-        rundir.check_new_run_dir(run_dir, overwrite=overwrite)
+    run_dir = _run_dir(cfg, resume=resume, overwrite=overwrite)
     previous = rundir.read_record(run_dir) if resume else {}
     checkpoint = rundir.resume_checkpoint(run_dir, previous) if resume else None
 
     # Weights that cannot be had or do not fit, and data that cannot be read, stop here.
     trunk_state = None if resume else load_trunk_weights(cfg.model)
     data = DetectionDataModule(cfg.data, seed=t.seed)
-    data.setup("fit")  # reads both datasets (the shapes dataset is generated on first use)
+    data.setup("fit")  # reads both datasets and checks every image (the shapes dataset is generated on first use)
+    if rank_zero_only.rank == 0:
+        report_data(cfg.data, data.train_dataset, data.val_dataset)
     data_ready = time.perf_counter()
     module = DetectorModule.from_config(cfg, data.train_dataset, trunk_state)
     module.val_dataset = data.val_dataset
@@ -115,6 +111,20 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
             log.warning("training stopped at once at step %d; continue it with: python scripts/train.py --resume %s",
                         trainer.global_step, run_dir)
         raise
+
+
+def _run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> Path:
+    """The run's directory: train.run_name, or a new timestamped name; a new run's is checked
+    (rundir.check_new_run_dir) on rank 0, since the other DDP ranks start once rank 0 has made it."""
+    t = cfg.train
+    run_dir = Path(t.out_dir) / (t.run_name or rundir.default_run_name(cfg))
+    if not resume and rank_zero_only.rank == 0:
+        if not t.run_name:
+            run_dir = unique_path(run_dir)
+            # DDP ranks that Lightning starts later inherit this, and use rank 0's timestamped name.
+            os.environ[rundir.RUN_NAME_VARIABLE] = run_dir.name
+        rundir.check_new_run_dir(run_dir, overwrite=overwrite)
+    return run_dir
 
 
 def fit_and_record(trainer: pl.Trainer, module: DetectorModule, data: DetectionDataModule, record: RunRecord,

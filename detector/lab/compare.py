@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from detector.engine import config as config_lib
-from detector.engine.build import resolve_classes
+from detector.engine.build import build_dataset, report_data, resolve_classes
 from detector.engine.config import Config, ConfigError
 from detector.engine.outputs import check_folder
 from detector.engine.rundir import FINISHED, TRAIN_LOG, checkpoints, run_status
@@ -49,6 +49,9 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
         cells = plan(args.losses, args.seeds, args.noise)
         base = config_lib.from_args(args)
         base.data.classes = resolve_classes(base.data)  # one list for every cell
+        # Every image checked once, before the first cell (the cells find the checks cached).
+        report_data(base.data, build_dataset(base.data, base.data.train_split, train=True),
+                    build_dataset(base.data, base.data.val_split, train=False))
         run_dirs = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs,
                                 train_command=[sys.executable, str(TRAIN_SCRIPT)])
     return write_report(run_dirs, args.out, command, baseline=args.baseline, fmt=args.format, metric=args.metric)
@@ -91,6 +94,7 @@ def cell_config(base: Config, cell: Cell, runs_dir: str | Path) -> Config:
     raw["train"].update(seed=cell.seed, run_name=cell.name, out_dir=str(runs_dir))
     raw["data"]["train_box_noise"] = cell.noise
     cfg = config_lib.from_dict(raw)
+    config_lib.resolve_data_format(cfg.data)
     config_lib.validate(cfg)
     return cfg
 
