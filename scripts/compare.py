@@ -37,7 +37,10 @@ def main() -> int:
     parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png",
                         help="figures' file format: png (200 dpi, shown in report.md) or vector pdf / svg for papers")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="runs at once (default: one per visible GPU, 1 on the CPU)")
+                        help="runs at once (default: one per visible GPU; on a CPU 2, the cores split between them)")
+    parser.add_argument("--budget", metavar="DURATION",
+                        help="stop starting cells when the next would not fit (e.g. 60m, 2h); seeds beyond the first "
+                             "two are left out first, and the report says what was left out")
     add_config_arguments(parser, [flag for flag in FLAGS if flag not in MATRIX_FLAGS])
     args = parser.parse_args()
     if not args.runs and not args.losses:

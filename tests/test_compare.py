@@ -25,6 +25,9 @@ with open(run_dir.parent / "trained.txt", "a") as log:
               + "\\n")
 if raw["train"]["seed"] == 7:  # a start that fails, as with a mistyped data root: nothing written
     sys.exit(2)
+if raw["train"]["seed"] >= 10:  # a slow cell, for the time budget
+    import time
+    time.sleep(1.5)
 status = "diverged" if raw["loss"]["name"] == "l2" and raw["train"]["seed"] == 1 else "completed"
 run_dir.mkdir(exist_ok=True)
 (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
@@ -89,7 +92,8 @@ def test_matrix_trains_only_unfinished_cells(tmp_path, capsys):
     runs_dir = tmp_path / "runs"
     command = [sys.executable, "-c", FAKE_TRAIN]
     cells = plan(["l1", "l2"], [0, 1], [0.0])
-    dirs = train_matrix(cells, Config(), runs_dir, jobs=1, train_command=command)
+    dirs, left_out = train_matrix(cells, Config(), runs_dir, jobs=1, train_command=command)
+    assert left_out == []
     assert [d.name for d in dirs] == ["l1-seed0", "l2-seed0", "l1-seed1", "l2-seed1"]
     assert trained(runs_dir) == ["l1-seed0", "l2-seed0", "l1-seed1", "l2-seed1"]
     assert "[4/4 done] l2-seed1: diverged" in capsys.readouterr().out
@@ -205,3 +209,43 @@ def test_a_spec_with_a_weight_sets_the_losss_weight(tmp_path):
     assert cell.name == "l2-weight4.5-seed0"
     cfg = cell_config(Config(), cell, tmp_path)
     assert cfg.loss.name == "l2" and cfg.loss.weight == 4.5 and cfg.loss.args == {}
+
+
+def test_a_time_budget_leaves_out_the_cells_that_no_longer_fit_later_seeds_first(tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    cells = plan(["l1", "l2"], [10, 11, 12], [0.0])  # each cell sleeps 1.5 s (and starts a Python)
+    dirs, left_out = train_matrix(cells, Config(), runs_dir, jobs=1, budget_s=4.0,
+                                  train_command=[sys.executable, "-c", FAKE_TRAIN])
+    started = trained(runs_dir)
+    # One after another: a cell starts only while elapsed + the mean cell time (1.5 s and more) fits in 4 s.
+    assert 2 <= len(started) <= 3 and started[:2] == ["l1-seed10", "l2-seed10"]
+    assert [c.name for c in left_out] == [c.name for c in cells if c.name not in started]
+    assert {c.name for c in left_out} >= {"l1-seed12", "l2-seed12"}  # the third seed waits behind the first two
+    out = capsys.readouterr().out
+    assert "budget 0 min: a cell takes about" in out and "left out unless cells get faster" in out
+
+
+def test_on_a_cpu_parallel_cells_split_the_cores(tmp_path, monkeypatch):
+    import os
+
+    from detector.lab import compare
+
+    seen = []
+    monkeypatch.setattr(compare.torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(compare, "train_cell", lambda cfg, *args, **kwargs: seen.append(cfg.train.threads))
+    train_matrix(plan(["l1", "l2"], [0], [0.0]), Config(), tmp_path, jobs=None, train_command=[])
+    assert seen == [4, 4]  # CPU_JOBS = 2 cells at once, 8 cores
+    seen.clear()
+    train_matrix(plan(["l1"], [0], [0.0]), config_lib.load(overrides=["train.threads=3"]), tmp_path, jobs=2,
+                 train_command=[])
+    assert seen == [3]  # the user's own setting stays
+
+
+def test_budget_durations_parse():
+    from detector.lab.compare import parse_duration
+
+    assert (parse_duration("90s"), parse_duration("60m"), parse_duration("1.5h"), parse_duration("30")) == (90, 3600,
+                                                                                                              5400, 30)
+    with pytest.raises(ConfigError, match="give a duration such as 90s, 60m or 2h"):
+        parse_duration("soon")

@@ -43,6 +43,7 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
     directories to report on), then write the report; returns report.md's path."""
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     check_folder(args.out, "report")  # a folder that cannot take the report is refused before any training
+    note = None
     if args.runs:
         run_dirs = [Path(d) for d in args.runs]
     else:
@@ -52,9 +53,29 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
         # Every image checked once, before the first cell (the cells find the checks cached).
         report_data(base.data, build_dataset(base.data, base.data.train_split, train=True),
                     build_dataset(base.data, base.data.val_split, train=False))
-        run_dirs = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs,
-                                train_command=[sys.executable, str(TRAIN_SCRIPT)])
-    return write_report(run_dirs, args.out, command, baseline=args.baseline, fmt=args.format, metric=args.metric)
+        budget = parse_duration(args.budget) if args.budget else None
+        run_dirs, left_out = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs, budget_s=budget,
+                                          train_command=[sys.executable, str(TRAIN_SCRIPT)])
+        if left_out:
+            note = (f"**The time budget ({args.budget}) ended the matrix early**: {len(cells) - len(left_out)} of "
+                    f"{len(cells)} planned cells trained; left out: {', '.join(c.name for c in left_out)}. The verdict "
+                    f"rests on the cells that finished; rerun the command with a larger --budget to add the others.")
+            run_dirs = [d for d in run_dirs if run_status(d) != "missing"]
+    return write_report(run_dirs, args.out, command, baseline=args.baseline, fmt=args.format, metric=args.metric,
+                        note=note)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of "90s", "60m", "1.5h" or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1].lower() in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit.lower()]
+    except ValueError:
+        raise ConfigError(f"--budget {text!r}: give a duration such as 90s, 60m or 2h") from None
+    if seconds <= 0:
+        raise ConfigError(f"--budget {text!r}: the budget must be positive")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -123,25 +144,28 @@ def check_reusable(cfg: Config, run_dir: Path) -> None:
         )
 
 
-def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int | None,
-                 train_command: list[str]) -> list[Path]:
+def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int | None, train_command: list[str],
+                 budget_s: float | None = None) -> tuple[list[Path], list[Cell]]:
     """Train every unfinished cell in a process of its own, ``train_command + ["--config",
     config.yaml]``, or ``train_command + ["--resume", run_dir]`` for a run that was interrupted
-    after saving a checkpoint; return all cells' run directories in matrix order."""
+    after saving a checkpoint; return all cells' run directories in matrix order, and the cells
+    ``budget_s`` left out. ``jobs`` cells run at once (default: one per visible GPU, else
+    CPU_JOBS), on a CPU with the cores split between them (train.threads) unless it is set.
+    With a budget, a cell starts only while the mean cell time still fits; the cells of seeds
+    beyond the first two wait until the rest have started, so they are the first left out."""
     # A run records the precision it resolved train.precision=auto to; resolved here the same
     # way, a finished run matches the configuration that made it.
     base = config_lib.from_dict(config_lib.to_dict(base))
     resolve_precision(base)
     configs = {cell: cell_config(base, cell, runs_dir) for cell in cells}
-    todo = []
-    for cell in cells:
-        run_dir = runs_dir / cell.name
-        if run_status(run_dir) in FINISHED:
-            check_reusable(configs[cell], run_dir)
-        else:
-            todo.append(cell)
+    todo = unfinished(cells, configs, runs_dir)
     gpus = torch.cuda.device_count()
-    jobs = jobs or max(1, gpus)
+    jobs = jobs or (gpus if gpus else CPU_JOBS)
+    if not gpus and jobs > 1 and base.train.threads is None:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        for config in configs.values():
+            config.train.threads = threads
+    budget = Budget(budget_s, jobs) if budget_s else None
     progress = MatrixProgress(cells, runs_dir, todo)
     progress.show()
     free_gpus = list(range(gpus))
@@ -152,6 +176,9 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
         if cannot_start.is_set():
             return
         with lock:
+            if budget is not None and not budget.allows(progress.durations):
+                left_out.append(cell)
+                return
             gpu = free_gpus.pop(0) if free_gpus else None
             progress.started(cell)
         try:
@@ -164,11 +191,56 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
                 if gpu is not None:
                     free_gpus.append(gpu)
                 progress.finished(cell)
+                if budget is not None and len(progress.durations) == 1:
+                    print(budget.forecast(progress, todo), flush=True)
 
+    left_out: list[Cell] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for future in [pool.submit(run, cell) for cell in todo]:
             future.result()
-    return [runs_dir / cell.name for cell in cells]
+    return [runs_dir / cell.name for cell in cells], sorted(left_out, key=cells.index)
+
+
+def unfinished(cells: list[Cell], configs: dict[Cell, Config], runs_dir: Path) -> list[Cell]:
+    """The cells to train, those of seeds beyond the first two last; a finished cell is kept
+    when its run was made with the cell's configuration, and refused (ConfigError) otherwise."""
+    todo = []
+    for cell in cells:
+        run_dir = runs_dir / cell.name
+        if run_status(run_dir) in FINISHED:
+            check_reusable(configs[cell], run_dir)
+        else:
+            todo.append(cell)
+    seed_rank = {seed: rank for rank, seed in enumerate(dict.fromkeys(cell.seed for cell in cells))}
+    return sorted(todo, key=lambda cell: seed_rank[cell.seed] >= 2)  # stable: the matrix order otherwise
+
+
+# Cells at once on a machine without GPUs (README "Comparing losses across seeds": cells per hour).
+CPU_JOBS = 2
+
+
+class Budget:
+    """A time budget for a matrix: a cell starts only while the mean cell time so far still fits."""
+
+    def __init__(self, seconds: float, jobs: int):
+        self.seconds, self.jobs, self.begin = seconds, jobs, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.begin
+
+    def allows(self, durations: list[float]) -> bool:
+        return not durations or self.elapsed() + sum(durations) / len(durations) <= self.seconds
+
+    def forecast(self, progress: MatrixProgress, todo: list[Cell]) -> str:
+        """After the first cell: how many of the cells still to start fit, and which will be left out."""
+        waiting = [cell for cell in todo if cell not in progress.started_at]
+        mean = sum(progress.durations) / len(progress.durations)
+        rounds = max(0.0, (self.seconds - self.elapsed()) / mean)
+        fit = min(len(waiting), int(rounds * self.jobs))
+        out = waiting[fit:]
+        return (f"budget {self.seconds / 60:.0f} min: a cell takes about {mean / 60:.1f} min; about {fit} of the "
+                f"{len(waiting)} cells still to start fit" +
+                (f"; left out unless cells get faster: {', '.join(c.name for c in out)}" if out else ""))
 
 
 def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int | None, quiet: bool) -> None:
