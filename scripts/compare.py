@@ -41,6 +41,26 @@ def main() -> int:
     parser.add_argument("--budget", metavar="DURATION",
                         help="stop starting cells when the next would not fit (e.g. 60m, 2h); seeds beyond the first "
                              "two are left out first, and the report says what was left out")
+    cluster = parser.add_argument_group("on a cluster (README: On a SLURM cluster)")
+    cluster.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+                         help="local: processes on this machine; slurm: every unfinished cell one job of a submitit "
+                              "array; submitit-local: those jobs as local processes, to try a matrix first")
+    cluster.add_argument("--no-wait", action="store_true",
+                         help="with a cluster: queue the cells and return; the same command without it writes the report")
+    cluster.add_argument("--slurm-partition", help="sbatch --partition")
+    cluster.add_argument("--slurm-gpus-per-cell", type=int, default=0,
+                         help="GPUs per node of each cell (sbatch --gpus-per-node, one task each); 2 or more train with "
+                              "DDP (train.devices)")
+    cluster.add_argument("--slurm-nodes-per-cell", type=int, default=1, help="nodes per cell (sbatch --nodes, "
+                                                                             "train.num_nodes)")
+    cluster.add_argument("--slurm-time", default="240", help="each cell's time limit (sbatch --time): minutes, "
+                                                            "H:MM:SS, 90m or 4h (default 240)")
+    cluster.add_argument("--slurm-mem", help="sbatch --mem, e.g. 32G")
+    cluster.add_argument("--slurm-cpus-per-task", type=int, help="sbatch --cpus-per-task")
+    cluster.add_argument("--slurm-account", help="sbatch --account")
+    cluster.add_argument("--slurm-qos", help="sbatch --qos")
+    cluster.add_argument("--slurm-extra", nargs="+", action="extend", metavar="KEY=VALUE",
+                         help="any other sbatch option without its --, e.g. constraint=a100 exclude=node3")
     add_config_arguments(parser, [flag for flag in FLAGS if flag not in MATRIX_FLAGS])
     args = parser.parse_args()
     if not args.runs and not args.losses:

@@ -88,12 +88,14 @@ class GradientStatistics(pl.Callback):
 
 
 class StopOnSignal(pl.Callback):
-    """Ctrl-C or SIGTERM asks training to stop after the current step: the callback then saves
-    ``checkpoint`` and stops the trainer (the run is marked interrupted); a second signal stops
-    at once (KeyboardInterrupt). ``stopped_at_step`` says where it stopped, None if it did not;
-    ``signal_name`` which signal asked (SIGINT or SIGTERM)."""
+    """Ctrl-C, SIGTERM or SLURM's SIGUSR1 / SIGUSR2 asks training to stop after the current step:
+    the callback then saves ``checkpoint`` and stops the trainer (the run is marked interrupted);
+    a second signal stops at once (KeyboardInterrupt). ``stopped_at_step`` says where it stopped, None if it did not;
+    ``signal_name`` which signal asked."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # SIGINT: Ctrl-C; SIGTERM: a kill, a cluster's pre-emption; SIGUSR1 / SIGUSR2: what SLURM sends
+    # before a job's time limit (submitit asks for USR2, sbatch --signal for any).
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self, checkpoint: str | Path):
         self.checkpoint = str(checkpoint)

@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 from detector.engine import config as config_lib
-from detector.engine.build import build_dataset, report_data, resolve_classes
+from detector.engine.build import build_dataset, load_trunk_weights, report_data, resolve_classes
 from detector.engine.config import Config, ConfigError
 from detector.engine.outputs import check_folder
 from detector.engine.rundir import FINISHED, TRAIN_LOG, checkpoints, run_status
 from detector.engine.trainers import resolve_precision
+from detector.lab.cluster import report_command, slurm_options, submit_cells
 from detector.lab.report import write_report
 from detector.lab.specs import parse_loss_spec, split_weight
 
@@ -54,8 +55,19 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
         report_data(base.data, build_dataset(base.data, base.data.train_split, train=True),
                     build_dataset(base.data, base.data.val_split, train=False))
         budget = parse_duration(args.budget) if args.budget else None
-        run_dirs, left_out = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs, budget_s=budget,
-                                          train_command=[sys.executable, str(TRAIN_SCRIPT)])
+        if args.launcher != "local":
+            if budget is not None:
+                raise ConfigError("--budget schedules cells on this machine; a cluster's queue decides when jobs run "
+                                  "(use --slurm-time for each cell's limit)")
+            load_trunk_weights(base.model)  # weights that cannot be had stop the matrix before any job is queued
+            run_dirs = queue_matrix(cells, base, Path(args.runs_dir), launcher=args.launcher,
+                                    options=slurm_options(args), wait=not args.no_wait, report_command=report_command(argv))
+            if args.no_wait:
+                return Path(args.out) / "report.md"
+            left_out = []
+        else:
+            run_dirs, left_out = train_matrix(cells, base, Path(args.runs_dir), jobs=args.jobs, budget_s=budget,
+                                              train_command=[sys.executable, str(TRAIN_SCRIPT)])
         if left_out:
             note = (f"**The time budget ({args.budget}) ended the matrix early**: {len(cells) - len(left_out)} of "
                     f"{len(cells)} planned cells trained; left out: {', '.join(c.name for c in left_out)}. The verdict "
@@ -201,6 +213,22 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
     return [runs_dir / cell.name for cell in cells], sorted(left_out, key=cells.index)
 
 
+def queue_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, launcher: str, options, wait: bool,
+                 report_command: str) -> list[Path]:
+    """The matrix's unfinished cells as jobs of a submitit array (lab/cluster.py), followed until
+    they end with ``wait``; returns every cell's run directory in matrix order."""
+    base = config_lib.from_dict(config_lib.to_dict(base))
+    resolve_precision(base)
+    configs = {cell: cell_config(base, cell, runs_dir) for cell in cells}
+    todo = unfinished(cells, configs, runs_dir)
+    progress = MatrixProgress(cells, runs_dir, todo)
+    progress.show()
+    runs_dir.mkdir(parents=True, exist_ok=True)  # the matrix's own folder: the jobs' notes and logs go there
+    submit_cells(todo, configs, runs_dir, launcher=launcher, options=options, wait=wait, progress=progress,
+                 report_command=report_command)
+    return [runs_dir / cell.name for cell in cells]
+
+
 def unfinished(cells: list[Cell], configs: dict[Cell, Config], runs_dir: Path) -> list[Cell]:
     """The cells to train, those of seeds beyond the first two last; a finished cell is kept
     when its run was made with the cell's configuration, and refused (ConfigError) otherwise."""
@@ -301,15 +329,15 @@ class MatrixProgress:
         print(f"matrix: {len(self.cells)} runs in {self.runs_dir}; {done} finished, {len(self.todo)} to train",
               flush=True)
 
-    def started(self, cell: Cell) -> None:
+    def started(self, cell: Cell, note: str = "") -> None:
         self.started_at[cell] = time.perf_counter()
         index = self.todo.index(cell) + 1
-        print(f"[{index}/{len(self.todo)}] training {cell.name}{self._eta()}", flush=True)
+        print(f"[{index}/{len(self.todo)}] training {cell.name}{note}{self._eta()}", flush=True)
 
-    def finished(self, cell: Cell) -> None:
-        self.durations.append(time.perf_counter() - self.started_at[cell])
+    def finished(self, cell: Cell, note: str = "") -> None:
+        self.durations.append(time.perf_counter() - self.started_at.setdefault(cell, self.begin))
         print(f"[{len(self.durations)}/{len(self.todo)} done] {cell.name}: {run_status(self.runs_dir / cell.name)} "
-              f"in {self.durations[-1]:.0f} s{self._eta()}", flush=True)
+              f"in {self.durations[-1]:.0f} s{note}{self._eta()}", flush=True)
 
     def _eta(self) -> str:
         if not self.durations:
