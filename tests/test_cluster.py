@@ -65,7 +65,7 @@ def test_a_killed_job_is_resubmitted_and_resumed_from_its_checkpoint(tmp_path, c
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     cells = plan(["l1"], [0], [0.0])
-    configs = {cell: cell_config(cfg, cell, runs_dir) for cell in cells}
+    configs = {cell: SlurmOptions().cell_config(cell_config(cfg, cell, runs_dir)) for cell in cells}
     run_dir = runs_dir / cells[0].name
     progress = MatrixProgress(cells, runs_dir, cells)
     (job,) = submit_cells(cells, configs, runs_dir, launcher="submitit-local", options=SlurmOptions(), wait=False,

@@ -113,9 +113,10 @@ def pointer(run_dir: Path) -> Path:
 
 def submit_cells(cells: list, configs: dict, runs_dir: Path, *, launcher: str, options: SlurmOptions,
                  wait: bool, progress, report_command: str, poll_s: float = POLL_S) -> dict:
-    """Submit every cell (a job array) except those whose job is still queued or running, then,
-    with ``wait``, follow them with ``progress`` until every job has ended; cells the cluster
-    ended are named with their job id and log. Returns each cell's job."""
+    """Submit every cell (a job array; ``configs[cell]`` as SlurmOptions.cell_config made it)
+    except those whose job is still queued or running, then, with ``wait``, follow them with
+    ``progress`` until every job has ended; cells the cluster ended are named with their job
+    id and log. Returns each cell's job."""
     folder = runs_dir / "slurm" / "%j"
     jobs = {}
     for cell in cells:
@@ -126,8 +127,7 @@ def submit_cells(cells: list, configs: dict, runs_dir: Path, *, launcher: str, o
     fresh = [cell for cell in cells if cell not in jobs]
     if fresh:
         executor = make_executor(launcher, folder, options)
-        cell_jobs = [CellJob(config_lib.to_dict(options.cell_config(configs[cell])), str(runs_dir / cell.name))
-                     for cell in fresh]
+        cell_jobs = [CellJob(config_lib.to_dict(configs[cell]), str(runs_dir / cell.name)) for cell in fresh]
         with executor.batch():
             submitted = [executor.submit(job) for job in cell_jobs]
         for cell, job in zip(fresh, submitted):

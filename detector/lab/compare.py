@@ -219,7 +219,8 @@ def queue_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, launcher: s
     they end with ``wait``; returns every cell's run directory in matrix order."""
     base = config_lib.from_dict(config_lib.to_dict(base))
     resolve_precision(base)
-    configs = {cell: cell_config(base, cell, runs_dir) for cell in cells}
+    # Each cell as its job trains it (its devices and nodes), so that a finished one matches.
+    configs = {cell: options.cell_config(cell_config(base, cell, runs_dir)) for cell in cells}
     todo = unfinished(cells, configs, runs_dir)
     progress = MatrixProgress(cells, runs_dir, todo)
     progress.show()
