@@ -34,15 +34,13 @@ Every case runs in a fresh process, so each has its own peak memory.
 
 from __future__ import annotations
 
-import argparse
-
-from detector.engine.cli import add_config_arguments, run_main
+from detector.engine.cli import ArgumentParser, add_config_arguments, run_main
 
 SECTIONS = ("assignment", "train-step", "real-sizes", "evaluation", "gradient-stats", "levers")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_config_arguments(parser, flags=["--batch-size", "--threads", "--precision"])
     parser.add_argument("--out", help="JSON file to write, a new file (default: a new runs/benchmark-<time>.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")

@@ -13,17 +13,16 @@ rerunning it on a finished matrix only rewrites the report. Each run is a separa
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from detector.engine.cli import FLAGS, add_config_arguments, run_main
+from detector.engine.cli import FLAGS, ArgumentParser, add_config_arguments, run_main
 
 # Set per cell by the matrix, so not accepted as options here.
 MATRIX_FLAGS = ("--loss", "--seed", "--run-name", "--out-dir", "--train-box-noise")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--losses", nargs="+", default=[], help="regression losses (rows of the matrix)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds")
     parser.add_argument("--noise", nargs="+", type=float, default=[0.0],
@@ -65,9 +64,12 @@ def main() -> int:
     args = parser.parse_args()
     if not args.runs and not args.losses:
         parser.error("give --losses (to train a matrix) or --runs (to report on existing runs)")
-    from detector.lab.compare import compare_from_args  # torch loads once the arguments are known
+    from detector.engine import config as config_lib  # the options are checked before torch loads
 
-    print(f"report: {compare_from_args(args, sys.argv[1:])}")
+    cfg = None if args.runs else config_lib.from_args(args)
+    from detector.lab.compare import compare_from_args
+
+    print(f"report: {compare_from_args(args, sys.argv[1:], cfg)}")
     return 0
 
 

@@ -12,13 +12,11 @@ used. Options that training fixed (the model, the loss, the schedule) are refuse
 
 from __future__ import annotations
 
-import argparse
-
-from detector.engine.cli import add_inference_arguments, run_main
+from detector.engine.cli import ArgumentParser, add_inference_arguments, run_main
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_inference_arguments(parser, ["--data", "--data-root"])
     parser.add_argument("--split", help="split to evaluate (default: the configuration's val split)")
     parser.add_argument("--out", help="output folder (default: <run dir>/eval-<split>)")

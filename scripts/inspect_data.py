@@ -11,22 +11,23 @@ options of train.py.
 
 from __future__ import annotations
 
-import argparse
-
-from detector.engine.cli import add_config_arguments, run_main
+from detector.engine.cli import ArgumentParser, add_config_arguments, run_main
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_config_arguments(parser)
     parser.add_argument("--out", help="folder for the report and the box-size histogram "
                                       "(default: a new runs/inspect-<dataset>-<time>)")
     parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png",
                         help="figures' file format: png (200 dpi) or vector pdf / svg")
     args = parser.parse_args()
-    from detector.lab.inspect_data import inspect_from_args  # torch loads once the arguments are known
+    from detector.engine import config as config_lib  # the options are checked before torch loads
 
-    print(inspect_from_args(args))
+    cfg = config_lib.from_args(args)
+    from detector.lab.inspect_data import inspect_from_args
+
+    print(inspect_from_args(args, cfg))
     return 0
 
 

@@ -7,13 +7,11 @@
 
 from __future__ import annotations
 
-import argparse
-
-from detector.engine.cli import run_main
+from detector.engine.cli import ArgumentParser, run_main
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--out", help="figure to write, a new file (default: a new runs/loss_curves-<time>.png, or "
                                       "runs/gradients-<time>.png); its suffix (.png, .pdf, .svg) gives the format "
                                       "unless --format does")

@@ -16,13 +16,11 @@ cannot be read stops the run naming it (exit status 2) unless --skip-bad-images.
 
 from __future__ import annotations
 
-import argparse
-
-from detector.engine.cli import add_inference_arguments, run_main
+from detector.engine.cli import ArgumentParser, add_inference_arguments, run_main
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_inference_arguments(parser, [])
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--out", help="output folder (default: a new runs/predict-<run>-<time>)")

@@ -12,23 +12,25 @@ interrupted; --resume continues it with its own configuration, as if never stopp
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from detector.engine.cli import add_config_arguments, run_main
+from detector.engine.cli import ArgumentParser, add_config_arguments, run_main
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_config_arguments(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (no other options)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run directory of --run-name if it holds a run (default: refuse)")
     args = parser.parse_args()
-    from detector.engine.rundir import exit_status  # torch loads once the arguments are known
+    from detector.engine import config as config_lib  # the options are checked before torch loads
+
+    cfg = None if args.resume else config_lib.from_args(args)
+    from detector.engine.rundir import exit_status
     from detector.engine.training import train_from_args
 
-    return exit_status(train_from_args(args, sys.argv[1:]))
+    return exit_status(train_from_args(args, sys.argv[1:], cfg))
 
 
 if __name__ == "__main__":

@@ -368,3 +368,19 @@ def test_precision_on_the_cpu_follows_its_bf16_support(caplog, monkeypatch, fast
     cfg = config_lib.load(overrides=["train.precision=16-mixed"])
     trainers.resolve_precision(cfg)
     assert cfg.train.precision == "32-true"  # fp16 autocast is never used on a CPU
+
+
+def test_a_mistyped_option_answers_in_one_line_before_torch_loads():
+    import time
+
+    started = time.perf_counter()
+    result = run_script("scripts/train.py", "--set", "train.lrr=0.1")
+    assert result.returncode == 2 and result.stderr.startswith("error: --set: unknown option 'train.lrr'; did you mean")
+    assert result.stderr.count("\n") == 1
+    usage = run_script("scripts/compare.py", "--losses", "l1", "--lose", "l2")
+    assert usage.returncode == 2 and usage.stderr == "error: unrecognized arguments: --lose l2 (see compare.py --help)\n"
+    # The configuration is read without torch: its import alone takes seconds (the README has the time).
+    probe = subprocess.run([sys.executable, "-c", "import sys, detector.engine.config, detector.engine.cli; "
+                                                  "print('torch' in sys.modules)"], capture_output=True, text=True)
+    assert probe.stdout.strip() == "False", probe.stderr
+    assert time.perf_counter() - started < 60  # a loose bound on a loaded machine; the timing is in the README

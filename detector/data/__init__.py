@@ -3,48 +3,49 @@ image files without annotations (prediction), image decoding, geometric transfor
 sampler and box noise. Records and tensors out; nothing here knows of the model, the
 configuration or Lightning (the engine builds datasets from the configuration:
 ``detector/engine/build.py``). See data/README.md for the layouts. Unusable dataset files raise
-:class:`DataError` (missing ones FileNotFoundError), naming the file."""
+:class:`DataError` (missing ones FileNotFoundError), naming the file.
 
-from detector.data.coco import CocoDetection
-from detector.data.coco import read_classes as coco_classes
-from detector.data.coco import split_files as coco_split_files
-from detector.data.dataset import DetectionDataset, Holdout, ImageRecord, collate
-from detector.data.errors import DataError, error_message
-from detector.data.image_files import ImageFiles, collate_images, find_images, relative_names
-from detector.data.images import load_image
-from detector.data.noise import corrupt_boxes
-from detector.data.sampler import EpochSampler
-from detector.data.shapes import ensure_shapes
-from detector.data.transforms import DetectionTransform, boxes_to_original
-from detector.data.voc import VocDetection
-from detector.data.voc import find_split as voc_split
-from detector.data.voc import read_classes as voc_classes
-from detector.data.yolo import YoloDetection
-from detector.data.yolo import read_classes as yolo_classes
+The names below load on first access (PEP 562), so that a module of this room that needs
+no torch (the configuration's checks) imports without it and a mistyped option answers at once.
+"""
 
-__all__ = [
-    "CocoDetection",
-    "DataError",
-    "DetectionDataset",
-    "DetectionTransform",
-    "EpochSampler",
-    "Holdout",
-    "ImageFiles",
-    "ImageRecord",
-    "VocDetection",
-    "YoloDetection",
-    "boxes_to_original",
-    "coco_classes",
-    "coco_split_files",
-    "collate",
-    "collate_images",
-    "corrupt_boxes",
-    "ensure_shapes",
-    "error_message",
-    "find_images",
-    "load_image",
-    "relative_names",
-    "voc_classes",
-    "voc_split",
-    "yolo_classes",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CocoDetection": ("detector.data.coco", "CocoDetection"),
+    "DataError": ("detector.data.errors", "DataError"),
+    "DetectionDataset": ("detector.data.dataset", "DetectionDataset"),
+    "DetectionTransform": ("detector.data.transforms", "DetectionTransform"),
+    "EpochSampler": ("detector.data.sampler", "EpochSampler"),
+    "Holdout": ("detector.data.dataset", "Holdout"),
+    "ImageFiles": ("detector.data.image_files", "ImageFiles"),
+    "ImageRecord": ("detector.data.dataset", "ImageRecord"),
+    "VocDetection": ("detector.data.voc", "VocDetection"),
+    "YoloDetection": ("detector.data.yolo", "YoloDetection"),
+    "boxes_to_original": ("detector.data.transforms", "boxes_to_original"),
+    "coco_classes": ("detector.data.coco", "read_classes"),
+    "coco_split_files": ("detector.data.coco", "split_files"),
+    "collate": ("detector.data.dataset", "collate"),
+    "collate_images": ("detector.data.image_files", "collate_images"),
+    "corrupt_boxes": ("detector.data.noise", "corrupt_boxes"),
+    "ensure_shapes": ("detector.data.shapes", "ensure_shapes"),
+    "error_message": ("detector.data.errors", "error_message"),
+    "find_images": ("detector.data.image_files", "find_images"),
+    "load_image": ("detector.data.images", "load_image"),
+    "relative_names": ("detector.data.image_files", "relative_names"),
+    "voc_classes": ("detector.data.voc", "read_classes"),
+    "voc_split": ("detector.data.voc", "find_split"),
+    "yolo_classes": ("detector.data.yolo", "read_classes"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    return getattr(importlib.import_module(module), attribute)

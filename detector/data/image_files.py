@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from detector.data.dataset import Transform
 from detector.data.errors import DataError
-from detector.data.images import IMAGE_SUFFIXES, load_image
+from detector.data.images import load_image
+from detector.data.layout import IMAGE_SUFFIXES
 
 # A folder or a glob pattern contributes its files with IMAGE_SUFFIXES (the formats torchvision
 # decodes); a file named on its own is tried whatever its name.

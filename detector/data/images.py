@@ -35,6 +35,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2.functional import to_dtype
 
 from detector.data.errors import DataError
+from detector.data.layout import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +118,6 @@ def read_image_size(path: Path) -> tuple[int, int]:
     return (height, width) if orientation in _QUARTER_TURNS else (width, height)
 
 
-# The formats load_image decodes, matched case-insensitively.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
 class ImageFolder:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detector.data.images import IMAGE_SUFFIXES
+# The formats data/images.py decodes, matched case-insensitively.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 # How deep to look for annotation files below the root (root/<split>/<folder>/file).
 DEPTH = 3

@@ -39,7 +39,8 @@ from PIL import Image
 
 from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, Holdout, ImageRecord, Transform, select_categories
 from detector.data.errors import DataError
-from detector.data.images import IMAGE_SUFFIXES, ImageFolder, read_image_size
+from detector.data.images import ImageFolder, read_image_size
+from detector.data.layout import IMAGE_SUFFIXES
 from detector.data.preflight import check_images
 
 logger = logging.getLogger(__name__)

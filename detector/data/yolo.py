@@ -36,7 +36,8 @@ import yaml
 
 from detector.data.dataset import DetectionDataset, Holdout, ImageRecord, Transform, select_categories
 from detector.data.errors import DataError
-from detector.data.images import IMAGE_SUFFIXES, read_image_size
+from detector.data.images import read_image_size
+from detector.data.layout import IMAGE_SUFFIXES
 from detector.data.preflight import check_images
 
 logger = logging.getLogger(__name__)

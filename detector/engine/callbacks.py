@@ -8,6 +8,7 @@ import logging
 import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,28 @@ class GradientStatistics(pl.Callback):
             self._file = self._writer = None
 
 
+class EpochLine(pl.Callback):
+    """One log line per training epoch and per validation, where a progress bar would write its
+    frames into a file that is not a terminal (a cluster's log, a pipe)."""
+
+    def __init__(self):
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        log.info("epoch %d/%s: step %d, loss %s, %.0f s", trainer.current_epoch + 1,
+                 trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?", trainer.global_step,
+                 f"{float(loss):.3f}" if loss is not None else "-", time.perf_counter() - self._started)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ap = trainer.callback_metrics.get("val/AP")
+        if ap is not None and not trainer.sanity_checking:
+            log.info("validation at step %d: AP %.3f", trainer.global_step, float(ap))
+
+
 class StopOnSignal(pl.Callback):
     """Ctrl-C, SIGTERM or SLURM's SIGUSR1 / SIGUSR2 asks training to stop after the current step:
     the callback then saves ``checkpoint`` and stops the trainer (the run is marked interrupted);
@@ -123,7 +146,7 @@ class StopOnSignal(pl.Callback):
             # Between two steps the model, optimiser, schedule and loop counters agree, so a
             # checkpoint written here resumes exactly where this run stopped.
             self.stopped_at_step = trainer.global_step
-            trainer.save_checkpoint(self.checkpoint)
+            trainer.save_checkpoint(self.checkpoint, weights_only=False)  # a resumable checkpoint
             trainer.should_stop = True
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -14,6 +14,18 @@ from typing import Callable
 
 from detector.engine.errors import ConfigError
 
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line (and where the usage is), not a page of usage."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 # flag -> (configuration key, help, argparse keyword arguments)
 FLAGS: dict[str, tuple[str, str, dict]] = {
     "--loss": ("loss.name", "regression loss of the box head and the RPN (l1, l2, smooth_l1, ... "
@@ -97,10 +109,18 @@ def add_flags(parser: argparse.ArgumentParser, flags: list[str]) -> None:
         parser.add_argument(flag, dest=key.replace(".", "__"), help=f"{help_text} [{key}]", **kwargs)
 
 
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """The scripts' console: the project's information, and only the warnings of the libraries
+    (Lightning's information on accelerators and loaders is its business)."""
+    return record.name.startswith("detector") or record.levelno >= logging.WARNING
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's main: user errors (configuration, missing files, unusable dataset files)
     print one clear line and exit with status 2; a KeyboardInterrupt exits with 130."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_libraries)
     try:
         sys.exit(main() or 0)
     except KeyboardInterrupt:  # a second Ctrl-C: what was stopped has said so (and how to resume)

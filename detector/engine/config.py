@@ -23,7 +23,7 @@ import yaml
 from detector.data.layout import Layout, detect, folder_hint
 from detector.engine.errors import ConfigError
 from detector.engine.io import atomic_write_text
-from detector.model import ROI_ALIGN_KERNELS, TORCHVISION_LOSS, build_loss, named_weights
+from detector.model.choices import ROI_ALIGN_KERNELS
 
 __all__ = ["Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig"]
 
@@ -557,6 +557,8 @@ def validate_model(m: ModelConfig) -> None:
         check(0 <= getattr(m, key) <= 1, key, "in [0, 1]")
     check(0 <= m.trainable_layers <= 5, "trainable_layers", "from 0 to 5")
     if m.weights is not None:  # a name must be one of the trunk's; a file is read when a run starts
+        from detector.model import named_weights  # torchvision: only where weights are named
+
         try:
             named_weights(m.backbone, m.weights)
         except ValueError as exc:
@@ -583,7 +585,9 @@ def validate_train(t: TrainConfig) -> None:
 
 def validate_loss(loss: LossConfig) -> None:
     """Loss names and parameters are checked by building them: the registry's errors list the
-    valid names and the parameters each loss accepts."""
+    valid names and the parameters each loss accepts (the last check: it loads torch)."""
+    from detector.model import build_loss
+
     for prefix, name, args in (("loss", loss.name, loss.args), ("loss.rpn", loss.rpn_name, loss.rpn_args)):
         if name is None:
             if args:
@@ -645,6 +649,8 @@ def _check_data_root(d: DataConfig) -> None:
 def _check_torchvision_implementation(cfg: Config) -> None:
     """torchvision's FasterRCNN computes its losses inside its heads: its regression loss is
     hard-wired and there is no output to measure gradients on."""
+    from detector.model import TORCHVISION_LOSS
+
     beta = cfg.loss.args.get("beta", TORCHVISION_LOSS["params"]["beta"])
     if (cfg.loss.name != TORCHVISION_LOSS["name"] or cfg.loss.rpn_name is not None or set(cfg.loss.args) - {"beta"}
             or abs(float(beta) - TORCHVISION_LOSS["params"]["beta"]) > 1e-3

@@ -116,7 +116,7 @@ def write_drawn_images(predicted: list[dict[str, Any]], names: list[str], class_
                        draw_thresh: float, *, progress: bool) -> None:
     """Each image with its detections scoring at least ``draw_thresh``, under its file name in
     ``folder`` (PNG stays PNG, everything else becomes JPEG)."""
-    for entry in tqdm(predicted, desc="drawing", unit="image", disable=not progress):
+    for entry in tqdm(predicted, desc="drawing", unit="image", disable=not progress or None):
         keep = entry["scores"] >= draw_thresh
         drawn = draw_detections(load_image(entry["path"]), entry["boxes"][keep], entry["labels"][keep],
                                 entry["scores"][keep], class_names)

@@ -4,6 +4,8 @@ evaluation (``train.accelerator``, ``devices``, ``num_nodes``, ``strategy``, ``p
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,26 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from detector.engine import rundir
+from detector.engine.callbacks import EpochLine
 from detector.engine.config import Config, ConfigError
 from detector.engine.io import atomic_path
 
 log = logging.getLogger(__name__)
+
+
+class _NoAdvertisement(logging.Filter):
+    """Lightning's tip to install a cloud logger, logged at every Trainer's start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdvertisement())
+# Lightning 2.6 with torch 2.14 warns about its own use of torch's pytree at every fit; harmless.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# Where SLURM is installed, every Trainer outside a job suggests srun; a cell of a cluster matrix
+# is a job of its own (lab/cluster.py).
+warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -70,6 +88,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) 
     """The training Trainer: best and last checkpoints, the learning rate, a progress bar."""
     t = cfg.train
     checkpoints = run_dir / rundir.CHECKPOINTS
+    bar = t.progress and sys.stderr.isatty()  # elsewhere a line per epoch (EpochLine), not a bar's frames
     return _trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -92,10 +111,10 @@ def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) 
             ModelCheckpoint(dirpath=checkpoints, filename=Path(rundir.LAST).stem, monitor=None, save_top_k=1,
                             auto_insert_metric_name=False, enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
-            *([TQDMProgressBar(refresh_rate=5)] if t.progress else []),
+            *([TQDMProgressBar(refresh_rate=5)] if bar else [EpochLine()] if t.progress else []),
             *(callbacks or []),
         ],
-        enable_progress_bar=t.progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
@@ -111,7 +130,7 @@ def build_evaluator(cfg: Config) -> pl.Trainer:
     t = cfg.train
     return _trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                     precision=t.precision, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=t.progress, enable_model_summary=False)
+                    enable_progress_bar=t.progress and sys.stderr.isatty(), enable_model_summary=False)
 
 
 def _trainer(**options: Any) -> pl.Trainer:

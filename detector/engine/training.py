@@ -197,16 +197,17 @@ def validate_final_model(trainer: pl.Trainer, module: DetectorModule, data: Dete
         if best.best_model_score is None or final_ap > float(best.best_model_score):
             best.best_model_path = str(run_dir / rundir.CHECKPOINTS / rundir.BEST)
             best.best_model_score = torch.tensor(final_ap)
-            trainer.save_checkpoint(best.best_model_path)
-    trainer.save_checkpoint(run_dir / rundir.CHECKPOINTS / rundir.LAST)
+            trainer.save_checkpoint(best.best_model_path, weights_only=False)
+    trainer.save_checkpoint(run_dir / rundir.CHECKPOINTS / rundir.LAST, weights_only=False)
     return best
 
 
-def train_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
-    """``scripts/train.py``: train with the configuration of its arguments, or continue the run
-    of ``--resume`` with that run's own configuration (then no other option may be given)."""
+def train_from_args(args: argparse.Namespace, argv: list[str], cfg: Config | None = None) -> Path:
+    """``scripts/train.py``: train with the configuration of its arguments (``cfg`` when the
+    script has made it already), or continue the run of ``--resume`` with that run's own
+    configuration (then no other option may be given)."""
     if not args.resume:
-        return train(config_lib.from_args(args), overwrite=args.overwrite)
+        return train(cfg or config_lib.from_args(args), overwrite=args.overwrite)
     given = [a for a in argv if a.startswith("--") and not a.startswith("--resume")]
     if given:
         raise ConfigError(f"--resume continues a run with its own configuration; leave out {', '.join(given)}")

@@ -39,9 +39,10 @@ TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 IGNORED_IN_MATCH = config_lib.options_where(lambda roles: not roles.result)
 
 
-def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
+def compare_from_args(args: argparse.Namespace, argv: list[str], cfg: Config | None = None) -> Path:
     """``scripts/compare.py``: train the matrix's unfinished cells (unless ``--runs`` names the run
-    directories to report on), then write the report; returns report.md's path."""
+    directories to report on), then write the report; returns report.md's path. ``cfg``: the
+    matrix's configuration when the script has made it already."""
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     check_folder(args.out, "report")  # a folder that cannot take the report is refused before any training
     note = None
@@ -49,7 +50,7 @@ def compare_from_args(args: argparse.Namespace, argv: list[str]) -> Path:
         run_dirs = [Path(d) for d in args.runs]
     else:
         cells = plan(args.losses, args.seeds, args.noise)
-        base = config_lib.from_args(args)
+        base = cfg or config_lib.from_args(args)
         base.data.classes = resolve_classes(base.data)  # one list for every cell
         # Every image checked once, before the first cell (the cells find the checks cached).
         report_data(base.data, build_dataset(base.data, base.data.train_split, train=True),

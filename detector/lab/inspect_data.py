@@ -68,11 +68,11 @@ class SplitSummary:
     best_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (M,) best anchor IoU per box
 
 
-def inspect_from_args(args: argparse.Namespace) -> str:
+def inspect_from_args(args: argparse.Namespace, cfg: Config | None = None) -> str:
     """``scripts/inspect_data.py``: the report of the configuration of its arguments; writes it
     (report.txt) and the box-size histogram into ``args.out`` (default: a new
     runs/inspect-<dataset>-<time>). Returns the report's text."""
-    cfg = config_lib.from_args(args)
+    cfg = cfg or config_lib.from_args(args)
     out = Path(args.out) if args.out else default_location(f"inspect-{cfg.data.name}")
     check_folder(out, "data inspection")  # before the data are read
     cfg.data.classes = resolve_classes(cfg.data)

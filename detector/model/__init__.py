@@ -2,39 +2,46 @@
 RoI heads, the regression-loss registry, the gradient probe and torchvision's detector
 configured like ours. Built from plain constructor arguments; it knows nothing of the
 configuration, files, Lightning or the command line (``detector/engine/build.py`` maps the
-configuration onto it)."""
+configuration onto it).
 
-from detector.model.anchors import AnchorGenerator
-from detector.model.backbone import TRUNK_CHANNELS, Backbone, load_trunk_state, named_weights
-from detector.model.boxes import BoxCoder, batched_box_iou, box_iou
-from detector.model.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, FasterRCNN
-from detector.model.gradients import COLUMNS as GRADIENT_COLUMNS
-from detector.model.gradients import GradientProbe
-from detector.model.losses import REGISTRY, RegressionLoss, build_loss
-from detector.model.reference import TORCHVISION_LOSS, TorchvisionFasterRCNN
-from detector.model.roi_heads import ROI_ALIGN_KERNELS, RoIHeads
-from detector.model.rpn import RegionProposalNetwork
+The names below load on first access (PEP 562), so that a module of this room that needs
+no torch (the configuration's checks) imports without it and a mistyped option answers at once.
+"""
 
-__all__ = [
-    "GRADIENT_COLUMNS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "REGISTRY",
-    "ROI_ALIGN_KERNELS",
-    "TORCHVISION_LOSS",
-    "TRUNK_CHANNELS",
-    "AnchorGenerator",
-    "Backbone",
-    "BoxCoder",
-    "FasterRCNN",
-    "GradientProbe",
-    "RegionProposalNetwork",
-    "RegressionLoss",
-    "RoIHeads",
-    "TorchvisionFasterRCNN",
-    "batched_box_iou",
-    "box_iou",
-    "build_loss",
-    "load_trunk_state",
-    "named_weights",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AnchorGenerator": ("detector.model.anchors", "AnchorGenerator"),
+    "Backbone": ("detector.model.backbone", "Backbone"),
+    "BoxCoder": ("detector.model.boxes", "BoxCoder"),
+    "FasterRCNN": ("detector.model.faster_rcnn", "FasterRCNN"),
+    "GRADIENT_COLUMNS": ("detector.model.gradients", "COLUMNS"),
+    "GradientProbe": ("detector.model.gradients", "GradientProbe"),
+    "IMAGENET_MEAN": ("detector.model.faster_rcnn", "IMAGENET_MEAN"),
+    "IMAGENET_STD": ("detector.model.faster_rcnn", "IMAGENET_STD"),
+    "REGISTRY": ("detector.model.losses", "REGISTRY"),
+    "ROI_ALIGN_KERNELS": ("detector.model.choices", "ROI_ALIGN_KERNELS"),
+    "RegionProposalNetwork": ("detector.model.rpn", "RegionProposalNetwork"),
+    "RegressionLoss": ("detector.model.losses", "RegressionLoss"),
+    "RoIHeads": ("detector.model.roi_heads", "RoIHeads"),
+    "TORCHVISION_LOSS": ("detector.model.reference", "TORCHVISION_LOSS"),
+    "TRUNK_CHANNELS": ("detector.model.backbone", "TRUNK_CHANNELS"),
+    "TorchvisionFasterRCNN": ("detector.model.reference", "TorchvisionFasterRCNN"),
+    "batched_box_iou": ("detector.model.boxes", "batched_box_iou"),
+    "box_iou": ("detector.model.boxes", "box_iou"),
+    "build_loss": ("detector.model.losses", "build_loss"),
+    "load_trunk_state": ("detector.model.backbone", "load_trunk_state"),
+    "named_weights": ("detector.model.backbone", "named_weights"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    return getattr(importlib.import_module(module), attribute)

@@ -11,6 +11,7 @@ import torchvision
 from torch import Tensor, nn
 
 from detector.model.boxes import BoxCoder, clip_boxes
+from detector.model.choices import ROI_ALIGN_KERNELS
 from detector.model.gradients import GradientProbe
 from detector.model.losses import RegressionLoss, box_regression_loss
 from detector.model.roi_align import roi_align
@@ -19,7 +20,6 @@ from detector.model.targets import assign, matched_flags, sample_balanced
 # The separable RoIAlign materialises an (N, S*Q, C*W) intermediate; above this many elements
 # (256 MB in fp32) the "auto" kernel is torchvision's gather-based one instead. Both give equal values.
 SEPARABLE_ROI_ALIGN_MAX_ELEMENTS = 64 * 2**20
-ROI_ALIGN_KERNELS = ("auto", "separable", "torchvision")
 
 
 class RoIHeads(nn.Module):
