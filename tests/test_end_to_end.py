@@ -377,7 +377,7 @@ def test_a_mistyped_option_answers_in_one_line_before_torch_loads():
     result = run_script("scripts/train.py", "--set", "train.lrr=0.1")
     assert result.returncode == 2 and result.stderr.startswith("error: --set: unknown option 'train.lrr'; did you mean")
     assert result.stderr.count("\n") == 1
-    usage = run_script("scripts/compare.py", "--losses", "l1", "--lose", "l2")
+    usage = run_script("scripts/compare.py", "--losses", "l1", "--out", "report", "--lose", "l2")
     assert usage.returncode == 2 and usage.stderr == "error: unrecognized arguments: --lose l2 (see compare.py --help)\n"
     # The configuration is read without torch: its import alone takes seconds (the README has the time).
     probe = subprocess.run([sys.executable, "-c", "import sys, detector.engine.config, detector.engine.cli; "
