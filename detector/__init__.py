@@ -37,3 +37,10 @@ Shape letters, used by every module's shape comments:
 """
 
 __version__ = "0.2.0"
+
+
+def load_detector(path, **options):
+    """A trained detector to call on images (``detector/engine/api.py``): ``load_detector("runs/x")(["a.jpg"])``."""
+    from detector.engine.api import load_detector as load  # torch loads here, not with the package
+
+    return load(path, **options)
