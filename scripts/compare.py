@@ -31,6 +31,8 @@ def main() -> int:
     parser.add_argument("--runs-dir", default="runs/compare", help="folder of the matrix's run directories")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--baseline", default="smooth_l1", help="loss the others are compared against")
+    parser.add_argument("--allow-early-stopping", action="store_true",
+                        help="let train.patience stop cells early (they then train for different lengths)")
     parser.add_argument("--metric", choices=("AP", "AP50", "AP75", "AP90"), default="AP",
                         help="the primary metric: the verdict and the Holm-adjusted comparisons rest on it")
     parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png",

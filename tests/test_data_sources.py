@@ -216,7 +216,7 @@ def test_a_comparison_resolves_the_classes_once_for_every_cell(tmp_path, monkeyp
     args = parser.parse_args(["--data", "voc", "--data-root", str(root), "--set", "data.val_fraction=0.5"])
     args.runs, args.losses, args.seeds, args.noise = None, ["l1", "l2"], [0, 1], [0.0]
     args.runs_dir, args.jobs, args.baseline, args.format = str(tmp_path / "runs"), 1, "l1", "png"
-    args.out, args.metric, args.budget = str(tmp_path / "report"), "AP", None
+    args.out, args.metric, args.budget, args.allow_early_stopping = str(tmp_path / "report"), "AP", None, False
     compare.compare_from_args(args, [])
     cells = [compare.cell_config(seen["base"], cell, tmp_path) for cell in compare.plan(["l1", "l2"], [0, 1], [0.0])]
     assert [cell.data.classes for cell in cells] == [CLASSES] * 4

@@ -141,3 +141,28 @@ def test_two_process_ddp_on_the_cpu_equals_one_process_evaluation(tmp_path):
     assert evaluated["num_detections"] == metrics["val"]["num_detections"]
     assert evaluated["stats"]["AP"] == pytest.approx(metrics["val"]["stats"]["AP"], abs=1e-12)
     assert evaluated["ap_per_iou"] == pytest.approx(metrics["val"]["ap_per_iou"], abs=1e-12)
+
+
+def test_early_stopping_ends_a_run_whose_validation_ap_stalls_and_records_it(tmp_path, monkeypatch):
+    from detector.engine import module
+
+    # A validation AP that never improves after the first: patience 2 stops at the third validation.
+    real, calls = module.evaluate_coco, []
+
+    def stalled(*args, **kwargs):
+        metrics = real(*args, **kwargs)
+        calls.append(1)
+        metrics["stats"]["AP"] = 0.5 if len(calls) == 1 else 0.1
+        return metrics
+
+    monkeypatch.setattr(module, "evaluate_coco", stalled)
+    run_dir = train(tiny_config(tmp_path, "patient", "train.epochs=10", "train.patience=2"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 9  # 3 epochs of 3 steps, of 10
+    assert metrics["stopped_early"]["patience"] == 2 and metrics["config"]["train"]["patience"] == 2
+
+
+def test_a_comparison_refuses_early_stopping_unless_asked(tmp_path):
+    result = run_script("scripts/compare.py", "--losses", "l1", "--out", tmp_path / "report", "--set", *TINY,
+                        f"data.root={tmp_path / 'shapes'}", "train.patience=3")
+    assert result.returncode == 2 and "add --allow-early-stopping" in result.stderr

@@ -226,6 +226,9 @@ class TrainConfig:
     logger: str = option("csv", choices=("csv", "tensorboard"), result=False)
     gradient_stats: bool = option(True)  # regression-gradient statistics at logging steps (gradients.csv)
     val_every_n_epochs: int = option(5)
+    # Early stopping: stop after this many validations without a better validation AP (None: off,
+    # so that the cells of a comparison train their fixed schedule).
+    patience: int | None = option(None)
     out_dir: str = option("runs", result=False)
     run_name: str | None = option(None, result=False)  # default: <dataset>-<loss>-seed<seed>-<timestamp>
     progress: bool = option(True, **_RUNTIME)
@@ -577,6 +580,7 @@ def validate_train(t: TrainConfig) -> None:
     check(t.val_every_n_epochs >= 1, "val_every_n_epochs", ">= 1")
     check(t.threads is None or t.threads >= 1, "threads", "empty or >= 1")
     check(t.grad_clip is None or t.grad_clip > 0, "grad_clip", "empty or > 0")
+    check(t.patience is None or t.patience >= 1, "patience", "empty or >= 1")
     # Lightning's TensorBoardLogger writes with either package.
     if t.logger == "tensorboard" and not any(importlib.util.find_spec(p) for p in ("tensorboard", "tensorboardX")):
         raise ConfigError("option 'train.logger' is 'tensorboard' but the tensorboard package is not installed; "

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -111,6 +111,8 @@ def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) 
             ModelCheckpoint(dirpath=checkpoints, filename=Path(rundir.LAST).stem, monitor=None, save_top_k=1,
                             auto_insert_metric_name=False, enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
+            *([EarlyStopping(monitor="val/AP", mode="max", patience=t.patience, check_on_train_epoch_end=False)]
+              if t.patience else []),
             *([TQDMProgressBar(refresh_rate=5)] if bar else [EpochLine()] if t.progress else []),
             *(callbacks or []),
         ],

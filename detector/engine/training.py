@@ -160,6 +160,12 @@ def fit_and_record(trainer: pl.Trainer, module: DetectorModule, data: DetectionD
         return run_dir
     best = validate_final_model(trainer, module, data, run_dir)
     evaluated = time.perf_counter()
+    stopper = trainer.early_stopping_callback
+    if stopper is not None and stopper.stopped_epoch:
+        record.fields["stopped_early"] = {"epoch": stopper.stopped_epoch, "patience": stopper.patience,
+                                          "best_val_AP": float(stopper.best_score)}
+        log.info("early stopping at epoch %d: no better validation AP in %d validations", stopper.stopped_epoch,
+                 stopper.patience)
     record.fields.update({
         "status": "completed",
         "steps": trainer.global_step,

@@ -51,6 +51,10 @@ def compare_from_args(args: argparse.Namespace, argv: list[str], cfg: Config | N
     else:
         cells = plan(args.losses, args.seeds, args.noise)
         base = cfg or config_lib.from_args(args)
+        if base.train.patience and not args.allow_early_stopping:
+            raise ConfigError(f"train.patience={base.train.patience} stops cells when their validation AP stalls, so "
+                              f"cells train for different lengths and a comparison mixes schedules; leave it out, or "
+                              f"add --allow-early-stopping to compare such runs anyway")
         base.data.classes = resolve_classes(base.data)  # one list for every cell
         # Every image checked once, before the first cell (the cells find the checks cached).
         report_data(base.data, build_dataset(base.data, base.data.train_split, train=True),
