@@ -73,6 +73,7 @@ def test_training_writes_a_complete_run_directory(shapes_run):
     saved = yaml.safe_load((shapes_run / "config.yaml").read_text())
     assert saved["loss"]["name"] == "l2" and saved["train"]["epochs"] == 2
     assert (shapes_run / "checkpoints" / "best.ckpt").is_file()
+    assert (shapes_run / "results.png").read_bytes().startswith(b"\x89PNG")  # the run's own figure
     # last.ckpt is the final model even when the final validation was not the best
     last = torch.load(shapes_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == metrics["steps"]

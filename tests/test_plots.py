@@ -2,6 +2,7 @@
 such, validation AP as points, coinciding curves told apart."""
 
 import argparse
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
 
+from detector.engine import figures as engine_figures
 from detector.engine.config import ConfigError
 from detector.engine.drawing import class_colour
 from detector.lab import plots
@@ -91,6 +93,39 @@ def test_a_palette_png_keeps_the_size_and_the_colours(tmp_path):
         ax.set_axis_off()
         path = plots.save_figure(fig, tmp_path / f"palette{palette}.png", palette=palette)
         images[palette] = Image.open(path)
-    assert images[True].mode == "P" and images[True].size == images[False].size == (2 * plots.DPI, plots.DPI)
+    assert images[True].mode == "P" and images[True].size == images[False].size == (2 * engine_figures.DPI, engine_figures.DPI)
     full, reduced = (np.asarray(images[p].convert("RGB"), dtype=int) for p in (False, True))
     assert np.abs(full - reduced).max() <= 8  # a few colours: the palette holds them all but antialiasing
+
+
+def test_the_figure_of_runs_draws_each_runs_curves(tmp_path, monkeypatch):
+    kept = []
+    monkeypatch.setattr(engine_figures, "save_figure", lambda fig, path, **options: kept.append(fig) or path)
+    runs = []
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        run = tmp_path / name
+        run.mkdir()
+        rows = ["step,train/loss,train/loss_box_reg,lr-AdamW/pg1,val/AP,val/AP50,val/AP90"]
+        rows += [f"{step},{scale / (1 + step)},{scale / (2 + step)},0.001,,," for step in range(0, 40, 2)]
+        rows += ["39,,,,0.5,0.8,0.2"]
+        (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+        (run / "gradients.csv").write_text("step,head,loss,boxes,median\n0,box_head,l1,all,1.0\n10,box_head,l1,all,0.9\n"
+                                           "10,box_head,l1,displaced,5.0\n")
+        runs.append(run)
+    assert engine_figures.plot_runs(runs, tmp_path / "x.png") == tmp_path / "x.png"
+    (fig,) = kept
+    losses, rate, validation, gradients = fig.axes
+    assert [line.get_label() for line in losses.get_lines() if not line.get_label().startswith("_")] == [
+        "a: loss", "b: loss"]
+    assert [list(line.get_ydata()) for line in validation.get_lines()][:3] == [[0.5], [0.8], [0.2]]
+    assert [list(line.get_ydata()) for line in gradients.get_lines()] == [[1.0, 0.9], [1.0, 0.9]]  # "all" rows only
+    assert engine_figures.plot_runs([tmp_path / "empty"], tmp_path / "y.png") is None
+
+
+def test_plot_run_script_refuses_a_folder_that_is_not_a_run(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "scripts/plot_run.py", str(tmp_path)], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert result.returncode == 2 and f"error: {tmp_path}: no metrics.csv (not a run directory)" in result.stderr

@@ -10,6 +10,7 @@ A run directory holds everything a report needs:
   gradients.csv          |dl/dx| of the regression outputs (box head, RPN) at logging steps
   detections_val.json    the final model's validation detections, COCO results format
   val_images.txt         with data.val_fraction: the held-out images' file names
+  results.png            the run's figure: losses, learning rate, validation AP, gradients
   checkpoints/           last.ckpt and best.ckpt (by validation AP), interrupted.ckpt while
                          a stopped run waits to be resumed
 

@@ -24,6 +24,7 @@ from detector.engine.callbacks import GradientStatistics, StopOnSignal
 from detector.engine.config import Config, ConfigError
 from detector.engine.datamodule import DetectionDataModule
 from detector.engine.evaluation import format_metrics_table
+from detector.engine.figures import RESULTS, plot_runs
 from detector.engine.io import atomic_write_json, atomic_write_text
 from detector.engine.module import DetectorModule
 from detector.engine.outputs import unique_path
@@ -182,6 +183,7 @@ def fit_and_record(trainer: pl.Trainer, module: DetectorModule, data: DetectionD
     })
     if trainer.is_global_zero:
         atomic_write_json(run_dir / rundir.DETECTIONS, module.last_results)
+        plot_runs([run_dir], run_dir / RESULTS)
         record.save()
         (run_dir / rundir.CHECKPOINTS / rundir.INTERRUPTED).unlink(missing_ok=True)  # superseded
         print(f"\nrun directory: {run_dir}")

@@ -8,7 +8,6 @@ from anything: the report builds that data from run directories.
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import matplotlib
@@ -18,10 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import patches, ticker  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from detector.engine import ConfigError, atomic_path  # noqa: E402
+from detector.engine import ConfigError  # noqa: E402
 from detector.engine.drawing import text_colour  # noqa: E402
+from detector.engine.figures import FORMATS, save_figure  # noqa: E402
 from detector.engine.outputs import check_new_file, default_location  # noqa: E402
 from detector.engine.rundir import gradient_rows  # noqa: E402
 from detector.model import REGISTRY, build_loss  # noqa: E402
@@ -325,8 +324,6 @@ def plot_examples(images: list[np.ndarray], titles: list[str], boxes: list[list[
     return save_figure(fig, path, palette=True)
 
 
-FORMATS = ("png", "pdf", "svg")
-DPI = 200  # of PNGs (and of the images inside a PDF or SVG)
 
 
 def plot_box_sizes(sides: dict[str, np.ndarray], anchor_sizes: list[int], path: str | Path) -> Path:
@@ -349,19 +346,3 @@ def plot_box_sizes(sides: dict[str, np.ndarray], anchor_sizes: list[int], path: 
     return save_figure(fig, path)
 
 
-def save_figure(fig, path: str | Path, palette: bool = False) -> Path:
-    """Save and close ``fig``; the format follows the file's suffix (FORMATS: vector PDF or
-    SVG for papers). Atomic: a reader never sees half a file. ``palette``: a PNG is stored with
-    256 colours (photos: the bccd examples grid, 3840x2560 px, 2.9 MB -> 1.0 MB)."""
-    path = Path(path)
-    suffix = path.suffix.lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        if palette and suffix == "png":
-            buffer = io.BytesIO()
-            fig.savefig(buffer, dpi=DPI, format="png")
-            Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
-                tmp, format="png", optimize=True)
-        else:
-            fig.savefig(tmp, dpi=DPI, format=suffix)
-    plt.close(fig)
-    return path
