@@ -20,6 +20,9 @@ def main() -> int:
     add_inference_arguments(parser, ["--data", "--data-root"])
     parser.add_argument("--split", help="split to evaluate (default: the configuration's val split)")
     parser.add_argument("--out", help="output folder (default: <run dir>/eval-<split>)")
+    parser.add_argument("--conf-thresh", type=float, default=0.5,
+                        help="score from which a detection counts in the confusion matrix and in precision, recall "
+                             "and F1 (default 0.5)")
     args = parser.parse_args()
     from detector.engine.evaluate import evaluate_from_args  # torch loads once the arguments are known
 

@@ -336,3 +336,53 @@ def test_voc_ap50_needs_iou_above_one_half():
     assert evaluate_voc(coco, [result(1, 18, [0, 0, 100, 50], 0.9)])["voc_ap50"] == 0.0
     assert evaluate_voc(coco, [result(1, 18, [0, 0, 100, 51], 0.9)])["voc_ap50"] == pytest.approx(1.0)
     assert evaluate_voc(coco, [])["voc_ap50"] == 0.0
+
+
+# ----------------------------------------------------------------------------- curves and confusion
+
+
+def test_the_confusion_matrix_hand_worked():
+    from detector.engine.evaluation import confusion_at
+
+    # labels: circle 1 (category 18), square 2 (category 3)
+    coco = make_coco([(1, 18, (0, 0, 10, 10)), (1, 3, (50, 50, 10, 10)), (1, 3, (100, 100, 10, 10)),
+                      (1, 18, (200, 200, 10, 10), 1)])  # the last one is a crowd region
+    results = [
+        result(1, 18, (0, 0, 10, 10), 0.9),      # circle found as circle
+        result(1, 18, (50, 50, 10, 10), 0.8),    # a square called a circle
+        result(1, 3, (300, 300, 10, 10), 0.7),   # a square where nothing is: background
+        result(1, 3, (100, 100, 10, 10), 0.3),   # below the threshold: the square at 100 is missed
+        result(1, 18, (200, 200, 10, 10), 0.9),  # on the crowd region: no match, counted as background
+    ]
+    confusion = confusion_at(coco, results, ["circle", "square"], {1: 18, 2: 3}, score_thresh=0.5)
+    assert confusion["labels"] == ["circle", "square", "background"]
+    assert confusion["matrix"] == [[1, 0, 0],   # the circle: found as circle
+                                   [1, 0, 1],   # the squares: one called a circle, one missed
+                                   [1, 1, 0]]   # detections on nothing: a circle (on the crowd), a square
+    circle, square = confusion["per_class"]["circle"], confusion["per_class"]["square"]
+    assert (circle["precision"], circle["recall"]) == (1 / 3, 1.0) and circle["f1"] == pytest.approx(0.5)
+    assert (square["precision"], square["recall"], square["f1"]) == (0.0, 0.0, 0.0)
+
+
+def test_precision_recall_curves_are_cocoevals_accumulated_precision():
+    from pycocotools.cocoeval import COCOeval
+
+    from detector.engine.evaluation import _load_results, evaluate_coco
+
+    coco = make_coco([(1, 18, (0, 0, 10, 10)), (1, 18, (40, 40, 20, 20)), (1, 3, (100, 100, 30, 30))])
+    results = [result(1, 18, (0, 0, 10, 10), 0.9), result(1, 18, (42, 41, 20, 20), 0.6),
+               result(1, 3, (300, 300, 30, 30), 0.8), result(1, 3, (100, 100, 30, 30), 0.4)]
+    metrics = evaluate_coco(coco, results, ["circle", "square"], {1: 18, 2: 3}, curves=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = COCOeval(coco, _load_results(coco, results), iouType="bbox")
+        reference.evaluate()
+        reference.accumulate()
+    precision = reference.eval["precision"][:, :, :, 0, 2]  # area all, 100 detections
+    curves = metrics["pr_curves"]
+    assert len(curves["recall"]) == 101
+    for name, k in (("circle", reference.params.catIds.index(18)), ("square", reference.params.catIds.index(3))):
+        for threshold, t in (("0.50", 0), ("0.75", 5)):
+            expected = [float(p) if p >= 0 else None for p in precision[t, :, k]]
+            assert curves["classes"][name][threshold] == expected
+    # the square's detection at 0.8 is a false positive before its true one: precision 0.5 at full recall
+    assert curves["classes"]["square"]["0.50"][-1] == 0.5

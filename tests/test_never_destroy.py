@@ -130,6 +130,8 @@ def test_evaluate_refuses_to_mix_its_results_with_another_checkpoints(tmp_path, 
     assert run_script("evaluate.py", checkpoint, *common, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)[0] == 0
     record = json.loads((out / "metrics.json").read_text())
     assert record["checkpoint"] == str(checkpoint) and len(record["checkpoint_sha256"]) == 64
+    assert (out / "pr_curves.png").is_file() and (out / "confusion_matrix.png").is_file()
+    assert record["confusion"]["labels"][-1] == "background" and "pr_curves" in record["val"]
     # The same evaluation again: the same detections and metrics (the timings aside).
     assert run_script("evaluate.py", checkpoint, *common, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)[0] == 0
     again = json.loads((out / "metrics.json").read_text())

@@ -330,3 +330,20 @@ def test_the_noise_sweep_tests_whether_the_gap_grows_with_the_noise(tmp_path):
     (row,) = [line for line in section.splitlines() if line.startswith("| l2 |")]
     slope = float(row.split("|")[2].strip(" *").split()[0])
     assert slope == pytest.approx(-0.0225, abs=0.001) and "**" in row and "| 5 |" in row
+
+
+def test_the_report_has_each_classs_ap_per_condition(tmp_path):
+    runs = []
+    for loss, values in (("l1", (0.6, 0.8)), ("l2", (0.5, 0.7))):
+        for seed in (0, 1):
+            run = make_run(tmp_path, f"{loss}-seed{seed}", loss, 0.7, seed=seed)
+            metrics = json.loads((run / "metrics.json").read_text())
+            metrics["val"]["ap_per_class"] = {"cat": values[0] + seed / 10, "dog": values[1], "bird": -1.0}
+            (run / "metrics.json").write_text(json.dumps(metrics))
+            runs.append(run)
+    report = write_report(runs, tmp_path / "report", "cmd").read_text()
+    assert "| condition | cat | dog |" in report  # bird has no value (-1): no column
+    assert "| l1 | 0.650 | 0.800 |" in report and "| l2 | 0.550 | 0.700 |" in report
+    rows = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
+    assert rows[0]["AP_large"] == ""  # COCO's -1 (no large objects) is no value, not -1
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["runs"][0]["AP_large"] is None

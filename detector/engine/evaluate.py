@@ -13,7 +13,8 @@ from detector.data import collate
 from detector.engine import config as config_lib
 from detector.engine.build import build_dataset
 from detector.engine.config import Config, ConfigError
-from detector.engine.evaluation import format_metrics_table
+from detector.engine.evaluation import confusion_at, format_metrics_table
+from detector.engine.figures import plot_confusion, plot_pr_curves
 from detector.engine.inference import (
     EVALUATION_DATA_OPTIONS,
     POSTPROCESSING_OPTIONS,
@@ -37,11 +38,11 @@ def evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
     split = args.split or cfg.data.val_split
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     out = Path(args.out) if args.out else run_dir / f"eval-{split}"
-    return evaluate_checkpoint(checkpoint, cfg, split, out, overwrite=args.overwrite)
+    return evaluate_checkpoint(checkpoint, cfg, split, out, overwrite=args.overwrite, conf_thresh=args.conf_thresh)
 
 
 def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path, *,
-                        overwrite: bool = False) -> dict[str, Any]:
+                        overwrite: bool = False, conf_thresh: float = 0.5) -> dict[str, Any]:
     """Run the checkpoint over ``split`` of ``cfg.data`` with ``cfg``'s post-processing; write
     metrics.json (with the post-processing and the checkpoint's digest) and detections.json.
     ``out_dir`` must be new, empty, or hold this same evaluation; one of another checkpoint,
@@ -62,6 +63,7 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path
             f"{list(dataset.class_names)} (category ids {list(dataset.label_to_category_id.values())})"
         )
     module.val_dataset = dataset
+    module.record_curves = True
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False,
                                          num_workers=cfg.data.num_workers, collate_fn=collate)
     trainer = build_evaluator(cfg)
@@ -73,13 +75,30 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, split: str, out_dir: Path
         "dataset": {"name": cfg.data.name, "root": cfg.data.root, "split": split, "num_images": len(dataset)},
         "postprocessing": postprocessing_record(cfg),
         "val": module.last_metrics,
+        "confusion": confusion_at(dataset.coco, module.last_results, dataset.class_names, dataset.label_to_category_id,
+                                  score_thresh=conf_thresh, image_ids=dataset.image_ids),
         "timings": {"total_s": round(time.perf_counter() - started, 2)},
     }
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         folder = claim_folder(out_dir, "evaluation", identity, overwrite=overwrite)
         atomic_write_json(out_dir / "detections.json", module.last_results)
         atomic_write_json(out_dir / "metrics.json", record)
-        folder.finish(["detections.json", "metrics.json"])
+        plot_pr_curves(module.last_metrics["pr_curves"], out_dir / "pr_curves.png")
+        plot_confusion(record["confusion"], out_dir / "confusion_matrix.png")
+        folder.finish(["detections.json", "metrics.json", "pr_curves.png", "confusion_matrix.png"])
         print(f"\n{checkpoint} on {cfg.data.name}/{split}: results in {out_dir}")
         print(format_metrics_table(module.last_metrics))
+        print(format_confusion(record["confusion"]))
     return record
+
+
+def format_confusion(confusion: dict[str, Any]) -> str:
+    """Precision, recall and F1 per class at the confusion matrix's score threshold."""
+    def number(value: float | None) -> str:
+        return f"{value:.3f}" if value is not None else "-"
+
+    lines = [f"detections scoring >= {confusion['score_thresh']:g}, matched at IoU >= {confusion['iou_thresh']:g}:",
+             f"{'class':<20}{'precision':>10}{'recall':>8}{'F1':>7}"]
+    lines += [f"{name[:20]:<20}{number(v['precision']):>10}{number(v['recall']):>8}{number(v['f1']):>7}"
+              for name, v in confusion["per_class"].items()]
+    return "\n".join(lines)

@@ -111,8 +111,10 @@ def evaluate_coco(
     class_names: Sequence[str],
     label_to_category_id: Mapping[int, int],
     image_ids: Iterable[int] | None = None,
+    curves: bool = False,
 ) -> dict[str, Any]:
-    """Run COCOeval (iouType "bbox") once and collect the numbers a run records.
+    """Run COCOeval (iouType "bbox") once and collect the numbers a run records; with ``curves``
+    also each class's precision-recall curves ("pr_curves", precision_recall_curves).
 
     Args:
         coco_gt: ground truth, crowd regions marked iscrowd=1; annotation ids must be non-zero.
@@ -183,6 +185,7 @@ def evaluate_coco(
         "num_images": len(evaluated_ids),
         "num_detections": sum(1 for r in results if r["image_id"] in evaluated),
         "summary": summary.getvalue(),
+        **({"pr_curves": precision_recall_curves(coco_eval, class_names, label_to_category_id)} if curves else {}),
     }
 
 
@@ -314,3 +317,79 @@ def _voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> f
     envelope = np.maximum.accumulate(envelope[::-1])[::-1]  # best precision at any higher recall
     steps = np.nonzero(recall[1:] != recall[:-1])[0]
     return float(np.sum((recall[steps + 1] - recall[steps]) * envelope[steps + 1]))
+
+
+def precision_recall_curves(coco_eval: COCOeval, class_names: Sequence[str], label_to_category_id: Mapping[int, int],
+                            thresholds: Sequence[float] = (0.5, 0.75)) -> dict[str, Any]:
+    """Each class's precision at COCOeval's 101 recall points, at each IoU threshold, from its
+    accumulated precision (area "all", 100 detections per image: the points AP averages), not
+    recomputed; a recall it never reaches has no precision (None)."""
+    params = coco_eval.params
+    precision = coco_eval.eval["precision"][:, :, :, params.areaRngLbl.index("all"), params.maxDets.index(100)]
+    curves: dict[str, Any] = {"recall": [float(r) for r in params.recThrs], "classes": {}}
+    for label, name in enumerate(class_names, start=1):
+        category_id = label_to_category_id[label]
+        if category_id not in params.catIds:
+            continue
+        k = params.catIds.index(category_id)
+        curves["classes"][name] = {
+            f"{t:.2f}": [float(p) if p >= 0 else None for p in precision[int(np.argmin(np.abs(params.iouThrs - t))), :, k]]
+            for t in thresholds}
+    return curves
+
+
+def confusion_at(coco_gt: COCO, results: Sequence[Mapping[str, Any]], class_names: Sequence[str],
+                 label_to_category_id: Mapping[int, int], *, score_thresh: float, iou_thresh: float = 0.5,
+                 image_ids: Iterable[int] | None = None) -> dict[str, Any]:
+    """The confusion matrix of the detections scoring at least ``score_thresh``: rows the true
+    class (the last row background: detections that match no object), columns the detected class
+    (the last column background: objects no detection found). In each image, detections in
+    descending score take the unmatched object of any class with the highest IoU, at least
+    ``iou_thresh``; crowd objects neither count nor match. Also each class's precision, recall
+    and F1 at that threshold (a matched detection of another class is a false positive of its
+    class and a miss of the object's)."""
+    category_to_index = {label_to_category_id[label]: label - 1 for label in range(1, len(class_names) + 1)}
+    background = len(class_names)
+    matrix = np.zeros((background + 1, background + 1), dtype=np.int64)
+    wanted = set(coco_gt.getImgIds() if image_ids is None else image_ids)
+    by_image: dict[int, list[Mapping[str, Any]]] = {}
+    for result in results:
+        if result["score"] >= score_thresh and result["image_id"] in wanted and result["category_id"] in category_to_index:
+            by_image.setdefault(result["image_id"], []).append(result)
+    for image_id in wanted:
+        objects = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[image_id]))
+                   if not a.get("iscrowd") and a["category_id"] in category_to_index]
+        detections = sorted(by_image.get(image_id, []), key=lambda d: -d["score"])
+        matched = [False] * len(objects)
+        if objects and detections:
+            iou = box_iou(_xyxy([d["bbox"] for d in detections]), _xyxy([a["bbox"] for a in objects])).numpy()
+        for d, detection in enumerate(detections):
+            candidates = [(iou[d, g], g) for g in range(len(objects)) if not matched[g] and iou[d, g] >= iou_thresh] \
+                if objects else []
+            column = category_to_index[detection["category_id"]]
+            if candidates:
+                _, g = max(candidates)
+                matched[g] = True
+                matrix[category_to_index[objects[g]["category_id"]], column] += 1
+            else:
+                matrix[background, column] += 1
+        for g, found in enumerate(matched):
+            if not found:
+                matrix[category_to_index[objects[g]["category_id"]], background] += 1
+    per_class = {}
+    for index, name in enumerate(class_names):
+        true_positive = int(matrix[index, index])
+        detected, present = int(matrix[:, index].sum()), int(matrix[index, :].sum())
+        precision = true_positive / detected if detected else None
+        recall = true_positive / present if present else None
+        f1 = (2 * precision * recall / (precision + recall) if precision and recall else
+              0.0 if precision is not None and recall is not None else None)
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "true_positives": true_positive,
+                           "detections": detected, "objects": present}
+    return {"score_thresh": score_thresh, "iou_thresh": iou_thresh, "labels": [*class_names, "background"],
+            "matrix": matrix.tolist(), "per_class": per_class}
+
+
+def _xyxy(boxes: Sequence[Sequence[float]]) -> torch.Tensor:
+    xywh = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    return torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), dim=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -101,3 +102,45 @@ def _draw_run(axes, colour: str, prefix: str, metrics: list[dict[str, str]], gra
         steps, values = _series([row for row in gradients if row["head"] == head], "median")
         if len(values):
             axes[1, 1].plot(steps, values, style, color=colour, label=f"{prefix}{head}")
+
+
+def plot_pr_curves(curves: dict[str, Any], path: str | Path) -> Path:
+    """Precision against recall per class at IoU 0.5 (solid) and 0.75 (dashed), from
+    evaluation.precision_recall_curves."""
+    fig, ax = plt.subplots(figsize=(8, 6))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, by_iou) in enumerate(curves["classes"].items()):
+        for (threshold, precision), style in zip(by_iou.items(), ("-", "--")):
+            points = [(r, p) for r, p in zip(curves["recall"], precision) if p is not None]
+            if points:
+                ax.plot(*zip(*points), style, color=palette[index % len(palette)],
+                        label=f"{name} (IoU {threshold})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title="precision-recall per class (IoU 0.5 solid, 0.75 dashed)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion(confusion: dict[str, Any], path: str | Path) -> Path:
+    """The confusion matrix of evaluation.confusion_at as counts, shaded by the share of its row."""
+    matrix = np.array(confusion["matrix"], dtype=float)
+    labels = confusion["labels"]
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(5.0, 0.5 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    if len(labels) <= 30:
+        for (row, column), count in np.ndenumerate(matrix):
+            if count:
+                ax.text(column, row, f"{int(count)}", ha="center", va="center", fontsize=7,
+                        color="white" if shares[row, column] > 0.5 else "black")
+    ax.set(xlabel="detected as", ylabel="true class",
+           title=f"confusion at score >= {confusion['score_thresh']:g}, IoU >= {confusion['iou_thresh']:g}")
+    fig.colorbar(image, ax=ax, label="share of the row")
+    fig.tight_layout()
+    return save_figure(fig, path)

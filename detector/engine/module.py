@@ -44,6 +44,7 @@ class DetectorModule(pl.LightningModule):
         self._predictions: list[dict[str, Any]] = []
         self.last_predictions: list[dict[str, Any]] = []
         self.diverged: dict[str, Any] | None = None  # set at the first non-finite loss
+        self.record_curves = False  # precision-recall curves in the metrics (evaluate.py sets it)
         self._last_finite_losses: dict[str, float] | None = None
 
     @classmethod
@@ -139,7 +140,7 @@ class DetectorModule(pl.LightningModule):
         detections = self._gather(self._val_detections)
         results = detections_to_coco_results(detections, self.label_to_category_id)
         metrics = evaluate_coco(self.val_dataset.coco, results, self.class_names, self.label_to_category_id,
-                                image_ids=self.val_dataset.image_ids)
+                                image_ids=self.val_dataset.image_ids, curves=self.record_curves)
         if self.cfg.data.name == "voc":  # VOC users compare with VOC numbers: AP50 by the devkit's rule too
             metrics.update(evaluate_voc(self.val_dataset.coco, results, image_ids=self.val_dataset.image_ids))
         self.last_metrics, self.last_results = metrics, results

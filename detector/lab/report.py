@@ -98,6 +98,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "train_s": metrics.get("timings", {}).get("train_s"),
         "total_s": metrics.get("timings", {}).get("total_s"),
         "ap_per_iou": val.get("ap_per_iou", {}),
+        "ap_per_class": {name: ap for name, ap in val.get("ap_per_class", {}).items() if ap is not None and ap >= 0},
         "VOC_AP50": val.get("voc_ap50"),
         "params": loss.get("params", {}),
         # every option, those a run made before the option existed taking its default
@@ -426,6 +427,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
          if single else "Mean ± standard deviation over the completed seeds of each condition (a single value: "
                         "one completed seed). ") + summary_explanation(summary, baseline, metric),
         summary_table(summary, baseline, with_voc, metric),
+        *class_section(conditions),
         "## AP against IoU threshold",
         figure("ap_vs_iou", "AP against IoU threshold"),
     ]
@@ -485,6 +487,22 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
     })
     folder.finish(written)
     return out_dir / "report.md"
+
+
+def class_section(conditions: list[Condition]) -> list[str]:
+    """AP (IoU 0.50:0.95) of each class in each condition, mean over its completed seeds; nothing
+    for a dataset of one class."""
+    classes = list(dict.fromkeys(name for c in conditions for r in c.completed for name in r["ap_per_class"]))
+    if len(classes) < 2:
+        return []
+    lines = ["| condition | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
+    for condition in conditions:
+        cells = []
+        for name in classes:
+            values = [r["ap_per_class"][name] for r in condition.completed if name in r["ap_per_class"]]
+            cells.append(f"{mean(values):.3f}" if values else "-")
+        lines.append(f"| {condition.label} | " + " | ".join(cells) + " |")
+    return ["### AP per class", "AP at IoU 0.50:0.95 of each class, mean over the completed seeds:", "\n".join(lines)]
 
 
 def summary_explanation(summary: list[dict[str, Any]], baseline: str, metric: str) -> str:
