@@ -21,6 +21,8 @@ def main() -> int:
                                       "(default: a new runs/inspect-<dataset>-<time>)")
     parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png",
                         help="figures' file format: png (200 dpi) or vector pdf / svg")
+    parser.add_argument("--draw", type=int, default=0, metavar="N",
+                        help="also draw the first N training images with their boxes (labels.png)")
     args = parser.parse_args()
     from detector.engine import config as config_lib  # the options are checked before torch loads
 

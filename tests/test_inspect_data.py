@@ -132,12 +132,14 @@ def test_a_suggestion_only_when_coverage_is_poor(folder):
 def test_the_script_writes_the_report_and_the_histogram_into_its_out_folder(folder, tmp_path):
     out = tmp_path / "inspection"
     result = subprocess.run([sys.executable, "scripts/inspect_data.py", "--data", "voc", "--data-root", str(folder),
-                             "--val-split", "valid", "--out", str(out), "--format", "svg"], cwd=REPO,
+                             "--val-split", "valid", "--out", str(out), "--format", "svg", "--draw", "2"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "voc data in " in result.stdout and f"report and box-size histogram in {out}" in result.stdout
+    assert "voc data in " in result.stdout
+    assert f"report and figures (box_sizes.svg, class_counts.svg, labels.svg) in {out}" in result.stdout
     assert (out / "report.txt").read_text() in result.stdout
-    assert (out / "box_sizes.svg").read_text().startswith("<?xml")
+    for figure in ("box_sizes.svg", "class_counts.svg", "labels.svg"):
+        assert (out / figure).read_text().startswith("<?xml")
 
 
 def test_the_script_names_a_bad_option_and_exits_2(folder):

@@ -185,7 +185,8 @@ def test_default_outputs_go_to_new_files_under_runs(tmp_path, monkeypatch, capsy
     made = sorted((tmp_path / "runs").iterdir())
     assert [p.name.startswith("inspect-shapes-") for p in made] == [True, True, False, False]
     assert all(p.name.startswith("loss_curves-") and p.suffix == ".png" for p in made[2:])
-    assert all((p / "box_sizes.png").is_file() and (p / "report.txt").is_file() for p in made[:2])
+    assert all({f.name for f in p.iterdir()} == {"box_sizes.png", "class_counts.png", "report.txt", ".detector-output.json"}
+               for p in made[:2])
 
 
 def test_voc_classes_that_no_annotation_uses_are_refused(tmp_path, monkeypatch, capsys):

@@ -16,6 +16,7 @@ entries, M boxes of a whole split in one flat list).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -29,9 +30,10 @@ from detector.data.transforms import resized_size
 from detector.engine import config as config_lib
 from detector.engine.build import build_dataset, resolve_classes
 from detector.engine.config import Config
+from detector.engine.drawing import class_colour
 from detector.engine.io import atomic_write_text
 from detector.engine.outputs import check_folder, claim_folder, default_location
-from detector.lab.plots import plot_box_sizes
+from detector.lab.plots import plot_box_sizes, plot_class_counts, plot_label_grid
 from detector.model import AnchorGenerator
 from detector.model.backbone import STRIDE
 from detector.model.faster_rcnn import SIZE_DIVISIBLE
@@ -78,12 +80,38 @@ def inspect_from_args(args: argparse.Namespace, cfg: Config | None = None) -> st
     cfg.data.classes = resolve_classes(cfg.data)
     summaries = inspect_data(cfg)
     folder = claim_folder(out, "data inspection")
-    histogram = plot_box_sizes({s.role: np.sqrt(s.box_sizes.prod(axis=1)) for s in summaries}, cfg.model.anchor_sizes,
-                               out / f"box_sizes.{args.format}")
+    figures = [plot_box_sizes({s.role: np.sqrt(s.box_sizes.prod(axis=1)) for s in summaries}, cfg.model.anchor_sizes,
+                              out / f"box_sizes.{args.format}"),
+               plot_class_counts({s.role: dict(s.boxes_per_class) for s in summaries}, out / f"class_counts.{args.format}")]
+    if args.draw:
+        figures.append(draw_labels(cfg, args.draw, out / f"labels.{args.format}"))
     report = format_report(cfg, summaries)
     atomic_write_text(out / "report.txt", report + "\n")
-    folder.finish(["report.txt", histogram.name])
-    return report + f"\nreport and box-size histogram in {out}"
+    folder.finish(["report.txt", *(figure.name for figure in figures)])
+    return report + f"\nreport and figures ({', '.join(figure.name for figure in figures)}) in {out}"
+
+
+def draw_labels(cfg: Config, count: int, path: Path) -> Path:
+    """The first ``count`` training images at their stored size with every box of their ground
+    truth in its class's colour (the colours of predict.py's drawings), dashed grey where
+    training leaves it out (crowd or difficult, no area inside the image)."""
+    data = copy.deepcopy(cfg.data)
+    data.min_size = data.max_size = None  # the stored pixels, where the annotations' boxes lie
+    data.hflip = False
+    dataset = build_dataset(data, data.train_split, train=False)
+    ignored = "difficult" if data.name == "voc" else "crowd"
+    names = {cat["id"]: cat["name"] for cat in dataset.coco.dataset["categories"]}
+    colours = {category: class_colour(label) for label, category in dataset.label_to_category_id.items()}
+    images, titles, boxes = [], [], []
+    for index, record in enumerate(dataset.records[:count]):
+        image, _ = dataset[index]
+        images.append(image.permute(1, 2, 0).numpy())
+        titles.append(Path(record.path).name)
+        boxes.append([((ann["bbox"], names[ann["category_id"]], colours.get(ann["category_id"], "grey")),
+                       _left_out_because(ann, record.width, record.height, ignored) is not None)
+                      for ann in dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=[record.image_id]))])
+    legend = {names[category]: colour for category, colour in colours.items()}
+    return plot_label_grid(images, titles, boxes, legend, path)
 
 
 def inspect_data(cfg: Config) -> list[SplitSummary]:

@@ -326,6 +326,47 @@ def plot_examples(images: list[np.ndarray], titles: list[str], boxes: list[list[
 
 
 
+def plot_label_grid(images: list[np.ndarray], titles: list[str], boxes: list[list[tuple[Box, bool]]],
+                    legend: dict[str, str], path: str | Path) -> Path:
+    """A grid of training images with their boxes: ``boxes[i]`` holds ((x, y, w, h), label text,
+    colour) and whether training leaves the box out (dashed grey); ``legend``: class -> colour."""
+    columns = max(1, min(4, len(images)))
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(EXAMPLE_PANEL_INCHES * columns, EXAMPLE_PANEL_INCHES * rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image, title, drawn in zip(axes.flat, images, titles, boxes):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=8)
+        for ((x, y, w, h), text, colour), left_out in drawn:
+            ax.add_patch(patches.Rectangle((x, y), w, h, fill=False, lw=1.2, edgecolor="grey" if left_out else colour,
+                                           ls="--" if left_out else "-"))
+            if not left_out:
+                ax.text(x, y, text, color=text_colour(colour), fontsize=EXAMPLE_FONT_PT - 2, va="bottom", clip_on=True,
+                        bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.5, "alpha": 0.85})
+    handles = [patches.Patch(color=colour, label=name) for name, colour in legend.items()]
+    handles.append(patches.Patch(facecolor="none", edgecolor="grey", ls="--", label="left out of training"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return save_figure(fig, path, palette=True)
+
+
+def plot_class_counts(counts: dict[str, dict[str, int]], path: str | Path) -> Path:
+    """Boxes per class of each split (``counts[split][class]``), as bars side by side."""
+    classes = list(dict.fromkeys(name for split in counts.values() for name in split))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(classes) + 2), 4.5))
+    width = 0.8 / max(1, len(counts))
+    for index, (split, per_class) in enumerate(counts.items()):
+        ax.bar(np.arange(len(classes)) + index * width, [per_class.get(name, 0) for name in classes], width, label=split)
+    ax.set_xticks(np.arange(len(classes)) + width * (len(counts) - 1) / 2, classes, rotation=45, ha="right")
+    ax.set(ylabel="boxes", title="boxes per class")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_box_sizes(sides: dict[str, np.ndarray], anchor_sizes: list[int], path: str | Path) -> Path:
     """Histogram of the boxes' sqrt(width * height) per split (log-spaced bins), with the anchor
     sizes marked."""
