@@ -24,6 +24,8 @@ def main() -> int:
     add_inference_arguments(parser, [])
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--out", help="output folder (default: a new runs/predict-<run>-<time>)")
+    parser.add_argument("--draw-size", type=int, metavar="PX",
+                        help="draw the images with their shorter side this long (default: their own size)")
     parser.add_argument("--draw-thresh", type=float, default=0.5,
                         help="draw the detections scoring at least this (detections.json keeps every one above "
                              "--score-thresh); default 0.5")

@@ -18,7 +18,7 @@ from detector.data import (
     relative_names,
 )
 from detector.data.transforms import resize
-from detector.engine.drawing import CLASS_COLOURS, MIN_DRAWN_SIDE, class_colour, draw_detections, text_colour
+from detector.engine.drawing import CLASS_COLOURS, class_colour, draw_detections, text_colour
 
 
 def image_bytes(width: int, height: int, fmt: str = "PNG") -> bytes:
@@ -101,17 +101,34 @@ def test_boxes_go_back_to_the_file_pixels_per_axis():
     assert torch.allclose(boxes_to_original(resized_box, resized.shape[-2:], (97, 131)), box, atol=1e-4)
 
 
-def test_drawn_boxes_take_their_class_colour_on_an_enlarged_image():
+def test_drawn_boxes_take_their_class_colour_at_the_images_size_with_labels_above_them():
     image = torch.zeros((3, 64, 128), dtype=torch.uint8)
-    boxes = torch.tensor([[4.0, 20.0, 40.0, 60.0], [60.0, 4.0, 120.0, 60.0]])
+    boxes = torch.tensor([[4.0, 30.0, 40.0, 60.0], [60.0, 0.0, 120.0, 60.0]])
     drawn = draw_detections(image, boxes, torch.tensor([1, 3]), torch.tensor([0.9, 0.6]), ["cat", "dog", "bird"])
-    assert tuple(drawn.shape) == (3, MIN_DRAWN_SIDE, 2 * MIN_DRAWN_SIDE)  # shorter side enlarged to 512, 8x
-    # The bottom edge of each box (x8), below its label, is drawn in its class's colour.
-    for (x1, _, x2, y2), label in ((boxes[0] * 8, 1), (boxes[1] * 8, 3)):
-        pixel = drawn[:, int(y2) - 1, int((x1 + x2) / 2)]
-        assert pixel.tolist() == [round(255 * c) for c in to_rgb(class_colour(label))]
+    assert tuple(drawn.shape) == (3, 64, 128)  # the image's own size
+    for (x1, y1, x2, y2), label in ((boxes[0], 1), (boxes[1], 3)):
+        colour = [round(255 * c) for c in to_rgb(class_colour(label))]
+        assert drawn[:, int(y2), int((x1 + x2) / 2)].tolist() == colour  # the box's bottom edge
+    # The first box's label sits above it (its background in the class's colour), the second's,
+    # at the image's top, inside it.
+    def painted(label, rows, columns):
+        colour = torch.tensor([round(255 * c) for c in to_rgb(class_colour(label))], dtype=torch.uint8)
+        return (drawn[:, rows, columns] == colour[:, None, None]).all(0).sum().item()
+
+    assert painted(1, slice(18, 29), slice(5, 40)) > 20  # above the first box (y 30)
+    assert painted(3, slice(1, 9), slice(61, 119)) > 20  # inside the second, at the top
+    larger = draw_detections(image, boxes, torch.tensor([1, 3]), torch.tensor([0.9, 0.6]), ["cat", "dog", "bird"],
+                             shorter_side=256)
+    assert tuple(larger.shape) == (3, 256, 512)  # --draw-size 256
     assert torch.equal(draw_detections(image, boxes[:0], torch.tensor([]), torch.tensor([]), ["cat"])[:, :8, :8],
                        torch.zeros((3, 8, 8), dtype=torch.uint8))
+
+
+def test_drawn_files_lie_flat_and_name_clashes_get_a_suffix():
+    from detector.engine.predict import drawn_names
+
+    names = ["a/photo.jpg", "b/photo.jpg", "b/scan.png", "c/PHOTO.webp"]
+    assert drawn_names(names, [1, 2, 3, 4]) == {1: "photo.jpg", 2: "photo-2.jpg", 3: "scan.png", 4: "PHOTO-3.jpg"}
 
 
 def test_class_colours_are_distinct_and_labels_readable_on_them():

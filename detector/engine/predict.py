@@ -61,16 +61,17 @@ def predict_from_args(args: argparse.Namespace) -> dict[str, Any]:
     paths = find_images(args.inputs)
     run_name = checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.stem
     out = Path(args.out) if args.out else default_location(f"predict-{run_name}")
-    return predict(checkpoint, cfg, paths, out, draw_thresh=args.draw_thresh, overwrite=args.overwrite)
+    return predict(checkpoint, cfg, paths, out, draw_thresh=args.draw_thresh, draw_size=args.draw_size,
+                   overwrite=args.overwrite)
 
 
 def predict(checkpoint: Path, cfg: Config, paths: list[Path], out_dir: Path, *, draw_thresh: float,
-            overwrite: bool = False) -> dict[str, Any]:
+            draw_size: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Detections of the checkpoint on ``paths`` (image ids 1.. in this order) written to
     ``out_dir``; returns the summary (images, skipped, detections, images/s). ``out_dir`` must be
     new, empty, or hold these same predictions; other ones are replaced only with ``overwrite``."""
     inputs = hashlib.sha256("\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()
-    identity = output_identity(checkpoint, cfg, inputs_sha256=inputs, draw_thresh=draw_thresh)
+    identity = output_identity(checkpoint, cfg, inputs_sha256=inputs, draw_thresh=draw_thresh, draw_size=draw_size)
     check_folder(out_dir, "prediction", identity, overwrite=overwrite)  # before the work; claimed once it is done
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -90,11 +91,13 @@ def predict(checkpoint: Path, cfg: Config, paths: list[Path], out_dir: Path, *, 
     skipped = [{"file_name": names[e["image_id"] - 1], "path": e["path"], "error": e["error"]}
                for e in module.last_predictions if "error" in e]
     results = detections_to_coco_results(predicted, module.label_to_category_id)
+    drawn = drawn_names(names, [e["image_id"] for e in predicted])
     folder = claim_folder(out_dir, "prediction", identity, overwrite=overwrite)
     atomic_write_json(out_dir / "detections.json", results)
     atomic_write_json(out_dir / "image_info.json", {
         "images": [{"id": e["image_id"], "file_name": names[e["image_id"] - 1], "width": e["orig_size"][1],
-                    "height": e["orig_size"][0], "path": e["path"]} for e in predicted],
+                    "height": e["orig_size"][0], "path": e["path"], "drawn": f"images/{drawn[e['image_id']]}"}
+                   for e in predicted],
         "categories": [{"id": module.label_to_category_id[label], "name": name}
                        for label, name in enumerate(module.class_names, start=1)],
         "checkpoint": str(checkpoint),
@@ -103,7 +106,8 @@ def predict(checkpoint: Path, cfg: Config, paths: list[Path], out_dir: Path, *, 
     })
     for entry in skipped:
         log.warning("left out %s", entry["error"])
-    write_drawn_images(predicted, names, module.class_names, out_dir / "images", draw_thresh, progress=cfg.train.progress)
+    write_drawn_images(predicted, drawn, module.class_names, out_dir / "images", draw_thresh, draw_size,
+                       progress=cfg.train.progress)
     folder.finish(["detections.json", "image_info.json", "images"])
     summary = {"images": len(predicted), "skipped": len(skipped), "detections": len(results),
                "images_per_s": round(len(predicted) / predict_s, 1), "out": str(out_dir)}
@@ -112,19 +116,33 @@ def predict(checkpoint: Path, cfg: Config, paths: list[Path], out_dir: Path, *, 
     return summary
 
 
-def write_drawn_images(predicted: list[dict[str, Any]], names: list[str], class_names: list[str], folder: Path,
-                       draw_thresh: float, *, progress: bool) -> None:
-    """Each image with its detections scoring at least ``draw_thresh``, under its file name in
-    ``folder`` (PNG stays PNG, everything else becomes JPEG)."""
+def drawn_names(names: list[str], image_ids: list[int]) -> dict[int, str]:
+    """image id -> the drawn file's name, flat in images/: the file's own name (a PNG stays PNG,
+    anything else becomes JPEG), ``-2``, ``-3`` ... added where two inputs share a name."""
+    taken: set[str] = set()
+    drawn = {}
+    for image_id in image_ids:
+        name = Path(names[image_id - 1]).name
+        stem, suffix = Path(name).stem, Path(name).suffix.lower()
+        suffix = suffix if suffix in (".png", ".jpg", ".jpeg") else ".jpg"
+        candidate, number = f"{stem}{suffix}", 2
+        while candidate.lower() in taken:
+            candidate, number = f"{stem}-{number}{suffix}", number + 1
+        taken.add(candidate.lower())
+        drawn[image_id] = candidate
+    return drawn
+
+
+def write_drawn_images(predicted: list[dict[str, Any]], drawn: dict[int, str], class_names: list[str], folder: Path,
+                       draw_thresh: float, draw_size: int | None, *, progress: bool) -> None:
+    """Each image with its detections scoring at least ``draw_thresh``, at its own size (or its
+    shorter side ``draw_size``), as ``drawn[image_id]`` in ``folder``."""
     for entry in tqdm(predicted, desc="drawing", unit="image", disable=not progress or None):
         keep = entry["scores"] >= draw_thresh
-        drawn = draw_detections(load_image(entry["path"]), entry["boxes"][keep], entry["labels"][keep],
-                                entry["scores"][keep], class_names)
-        name = Path(names[entry["image_id"] - 1])
-        if name.suffix.lower() == ".png":
-            data = encode_png(drawn, compression_level=PNG_COMPRESSION)
-        else:
-            data = encode_jpeg(drawn, quality=JPEG_QUALITY)
-            name = name if name.suffix.lower() in (".jpg", ".jpeg") else name.with_name(name.name + ".jpg")
+        image = draw_detections(load_image(entry["path"]), entry["boxes"][keep], entry["labels"][keep],
+                                entry["scores"][keep], class_names, shorter_side=draw_size)
+        name = drawn[entry["image_id"]]
+        data = encode_png(image, compression_level=PNG_COMPRESSION) if name.endswith(".png") else \
+            encode_jpeg(image, quality=JPEG_QUALITY)
         with atomic_path(folder / name) as tmp:
             tmp.write_bytes(data.numpy().tobytes())
