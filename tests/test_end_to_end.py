@@ -302,11 +302,12 @@ def test_tensorboard_event_files_hold_the_logged_numbers(shapes_run):
     assert {e.step: e.value for e in events.Scalars("gradients/box_head/median")} == pytest.approx(medians, rel=1e-6)
 
 
-def test_tensorboard_without_the_package_is_one_clear_error(monkeypatch):
+@pytest.mark.parametrize("tracker", ["tensorboard", "mlflow", "wandb"])
+def test_a_tracker_without_its_package_is_one_clear_error(monkeypatch, tracker):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
-    with pytest.raises(config_lib.ConfigError, match=r"'train.logger' is 'tensorboard' but the tensorboard package is "
-                                                     r"not installed; install it with: pip install -e \"\.\[tensorboard\]\""):
-        config_lib.load(overrides=["train.logger=tensorboard"])
+    with pytest.raises(config_lib.ConfigError, match=rf"'train.logger' is '{tracker}' but the {tracker} package is "
+                                                     rf"not installed; install it with: pip install -e \"\.\[{tracker}\]\""):
+        config_lib.load(overrides=[f"train.logger={tracker}"])
 
 
 def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):

@@ -221,9 +221,9 @@ class TrainConfig:
     deterministic: bool = option(False, **_RUNTIME)
     threads: int | None = option(None, **_RUNTIME)  # torch intra-op threads on the CPU; None = torch's default
     log_every_n_steps: int = option(10)
-    # Where losses, learning rate, AP and gradient statistics go: metrics.csv (csv), or
-    # TensorBoard event files as well (tensorboard; the report reads metrics.csv).
-    logger: str = option("csv", choices=("csv", "tensorboard"), result=False)
+    # Where losses, learning rate, AP and gradient statistics go: metrics.csv (csv; the report reads
+    # it), and with tensorboard, mlflow or wandb there as well (engine/trainers.py: build_loggers).
+    logger: str = option("csv", choices=("csv", "tensorboard", "mlflow", "wandb"), result=False)
     gradient_stats: bool = option(True)  # regression-gradient statistics at logging steps (gradients.csv)
     val_every_n_epochs: int = option(5)
     # Early stopping: stop after this many validations without a better validation AP (None: off,
@@ -581,10 +581,11 @@ def validate_train(t: TrainConfig) -> None:
     check(t.threads is None or t.threads >= 1, "threads", "empty or >= 1")
     check(t.grad_clip is None or t.grad_clip > 0, "grad_clip", "empty or > 0")
     check(t.patience is None or t.patience >= 1, "patience", "empty or >= 1")
-    # Lightning's TensorBoardLogger writes with either package.
-    if t.logger == "tensorboard" and not any(importlib.util.find_spec(p) for p in ("tensorboard", "tensorboardX")):
-        raise ConfigError("option 'train.logger' is 'tensorboard' but the tensorboard package is not installed; "
-                          'install it with: pip install -e ".[tensorboard]"')
+    # Each tracker is an optional extra; Lightning's TensorBoardLogger writes with either package.
+    packages = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+    if t.logger in packages and not any(importlib.util.find_spec(p) for p in packages[t.logger]):
+        raise ConfigError(f"option 'train.logger' is '{t.logger}' but the {t.logger} package is not installed; "
+                          f'install it with: pip install -e ".[{t.logger}]"')
 
 
 def validate_loss(loss: LossConfig) -> None:

@@ -4,6 +4,9 @@ evaluation (``train.accelerator``, ``devices``, ``num_nodes``, ``strategy``, ``p
 from __future__ import annotations
 
 import logging
+import netrc
+import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -74,14 +77,59 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, partial, storage_options)
 
 
+MLFLOW_STORE = "mlruns.db"  # train.logger=mlflow's store in train.out_dir without $MLFLOW_TRACKING_URI
+
+
 def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
-    """metrics.csv always (the comparison report reads it); TensorBoard event files in the run
-    directory as well with train.logger=tensorboard, so ``tensorboard --logdir runs`` shows
-    every run under its directory's name."""
+    """metrics.csv always (the comparison report reads it), and the tracker of train.logger:
+    TensorBoard event files in the run directory (``tensorboard --logdir runs`` shows every run
+    under its directory's name); MLflow, in $MLFLOW_TRACKING_URI or else an SQLite store beside
+    the run directories (``<out_dir>/mlruns.db``; MLflow 3 no longer writes its old file store;
+    ``mlflow ui --backend-store-uri sqlite:///runs/mlruns.db`` shows it), experiment "detector",
+    the run named as its directory; Weights & Biases, project "detector", offline (synced later with ``wandb sync``)
+    unless WANDB_MODE says otherwise or its server cannot be reached. Each gets the losses,
+    learning rate, AP, gradient statistics, the configuration and the code version."""
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
     if cfg.train.logger == "tensorboard":
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False))
+    elif cfg.train.logger == "mlflow":
+        from pytorch_lightning.loggers import MLFlowLogger
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir.parent / MLFLOW_STORE).resolve()}"
+        loggers.append(MLFlowLogger(experiment_name="detector", run_name=run_dir.name, tracking_uri=uri))
+    elif cfg.train.logger == "wandb":
+        from pytorch_lightning.loggers import WandbLogger
+
+        offline = os.environ.get("WANDB_MODE", "online" if _wandb_can_sync() else "offline") != "online"
+        loggers.append(WandbLogger(project="detector", name=run_dir.name, save_dir=str(run_dir), offline=offline))
     return loggers
+
+
+def finish_trackers(trainer: pl.Trainer, *, failed: bool) -> None:
+    """Close a W&B run (Lightning leaves it open until the interpreter exits, and the next
+    train() in the same process would log into it); the other loggers close themselves."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for tracker in trainer.loggers:
+        if isinstance(tracker, WandbLogger):
+            tracker.experiment.finish(exit_code=1 if failed else 0)  # a second finish() does nothing
+
+
+def _wandb_can_sync(host: str = "api.wandb.ai", timeout_s: float = 2.0) -> bool:
+    """Logged in (an API key in $WANDB_API_KEY or ~/.netrc, where ``wandb login`` puts it) and
+    the server reachable: otherwise an online run would stop to ask for a key, or wait on the
+    network."""
+    try:
+        logged_in = bool(os.environ.get("WANDB_API_KEY")) or netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        logged_in = False
+    if not logged_in:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def build_trainer(cfg: Config, run_dir: Path, *, callbacks: list | None = None) -> pl.Trainer:

@@ -29,8 +29,8 @@ from detector.engine.io import atomic_write_json, atomic_write_text
 from detector.engine.module import DetectorModule
 from detector.engine.outputs import unique_path
 from detector.engine.rundir import RunRecord
-from detector.engine.trainers import build_trainer, resolve_precision
-from detector.engine.versions import code_version, library_versions
+from detector.engine.trainers import build_trainer, finish_trackers, resolve_precision
+from detector.engine.versions import code_version, describe, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
                        num_val_images=len(data.val_dataset), class_names=module.class_names)
     if trainer.is_global_zero and not resume:  # only rank 0 writes the run directory's files
         rundir.make_run_dir(run_dir, overwrite=overwrite)
+    for tracker in trainer.loggers[1:]:  # the trackers (the configuration reaches them as hyperparameters)
+        tracker.log_hyperparams({"code": describe(record.fields["code"])})
     try:
         if trainer.is_global_zero:
             config_lib.save(cfg, run_dir / rundir.CONFIG)
@@ -111,7 +113,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
         if interrupted:
             log.warning("training stopped at once at step %d; continue it with: python scripts/train.py --resume %s",
                         trainer.global_step, run_dir)
+        finish_trackers(trainer, failed=True)
         raise
+    finally:
+        finish_trackers(trainer, failed=False)  # a no-op after the failed=True above
 
 
 def _run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> Path:
