@@ -95,6 +95,9 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
     elif cfg.train.logger == "mlflow":
         from pytorch_lightning.loggers import MLFlowLogger
 
+        # Its store's set-up lines ("Creating initial MLflow database tables...") on every new store.
+        for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir.parent / MLFLOW_STORE).resolve()}"
         loggers.append(MLFlowLogger(experiment_name="detector", run_name=run_dir.name, tracking_uri=uri))
     elif cfg.train.logger == "wandb":
