@@ -1,10 +1,12 @@
 """Train a losses x seeds (x box-noise) matrix and write the comparison report.
 
+    python scripts/compare.py --data-root my_photos
     python scripts/compare.py --losses l1 l2 smooth_l1 balanced_l1 giou --seeds 0 1 2 --out reports/losses
     python scripts/compare.py --losses l1 l2 smooth_l1 --seeds 0 --noise 0 0.2 0.4 --out reports/noise
     python scripts/compare.py --runs runs/compare/l1-seed0 runs/compare/l2-seed0 --out reports/mine
 
-Runs go to --runs-dir (default runs/compare), one directory per cell (``l2-seed1``,
+Without --losses the five of the README's comparison are trained with three seeds. Runs go to
+--runs-dir (default runs/compare/<the data root's folder name>), one directory per cell (``l2-seed1``,
 ``l2-noise0.2-seed1``). Finished cells are not trained again and an interrupted one resumes from
 its checkpoint, so rerunning the same command after an interruption continues the matrix, and
 rerunning it on a finished matrix only rewrites the report. Each run is a separate
@@ -14,8 +16,14 @@ rerunning it on a finished matrix only rewrites the report. Each run is a separa
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from detector.engine.cli import FLAGS, ArgumentParser, add_config_arguments, run_main
+
+# The matrix of a plain `compare.py --data-root DIR`: the README's five losses, three seeds (the
+# fewest that give a paired interval with a spread estimated from more than one difference).
+DEFAULT_LOSSES = ("smooth_l1", "l1", "l2", "balanced_l1", "giou")
+DEFAULT_SEEDS = (0, 1, 2)
 
 # Set per cell by the matrix, so not accepted as options here.
 MATRIX_FLAGS = ("--loss", "--seed", "--run-name", "--out-dir", "--train-box-noise")
@@ -23,13 +31,16 @@ MATRIX_FLAGS = ("--loss", "--seed", "--run-name", "--out-dir", "--train-box-nois
 
 def main() -> int:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--losses", nargs="+", default=[], help="regression losses (rows of the matrix)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds")
+    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES),
+                        help=f"regression losses, the rows of the matrix (default: {' '.join(DEFAULT_LOSSES)})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
+                        help=f"training seeds (default: {' '.join(map(str, DEFAULT_SEEDS))})")
     parser.add_argument("--noise", nargs="+", type=float, default=[0.0],
                         help="fractions of training boxes displaced as outlier labels (data.train_box_noise)")
     parser.add_argument("--runs", nargs="+", default=[], help="report on these run directories only; train nothing")
-    parser.add_argument("--runs-dir", default="runs/compare", help="folder of the matrix's run directories")
-    parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--runs-dir", help="folder of the matrix's run directories (default: runs/compare/<the data "
+                                           "root's folder name>, e.g. runs/compare/my_photos)")
+    parser.add_argument("--out", help="report folder (default: RUNS_DIR/report; required with --runs)")
     parser.add_argument("--baseline", default="smooth_l1", help="loss the others are compared against")
     parser.add_argument("--allow-early-stopping", action="store_true",
                         help="let train.patience stop cells early (they then train for different lengths)")
@@ -64,11 +75,16 @@ def main() -> int:
                          help="any other sbatch option without its --, e.g. constraint=a100 exclude=node3")
     add_config_arguments(parser, [flag for flag in FLAGS if flag not in MATRIX_FLAGS])
     args = parser.parse_args()
-    if not args.runs and not args.losses:
-        parser.error("give --losses (to train a matrix) or --runs (to report on existing runs)")
+    if args.runs and not args.out:
+        parser.error("--runs needs --out, the report folder")
     from detector.engine import config as config_lib  # the options are checked before torch loads
 
     cfg = None if args.runs else config_lib.from_args(args)
+    if cfg is not None:
+        # The root as given: the layout found there may have moved data.root into a subfolder.
+        data_root = Path(getattr(args, "data__root", None) or cfg.data.root).resolve()
+        args.runs_dir = args.runs_dir or str(Path("runs", "compare", data_root.name))
+        args.out = args.out or str(Path(args.runs_dir, "report"))
     from detector.lab.compare import compare_from_args
 
     print(f"report: {compare_from_args(args, sys.argv[1:], cfg)}")

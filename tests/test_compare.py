@@ -249,3 +249,24 @@ def test_budget_durations_parse():
                                                                                                               5400, 30)
     with pytest.raises(ConfigError, match="give a duration such as 90s, 60m or 2h"):
         parse_duration("soon")
+
+
+def test_compare_with_a_data_root_alone_plans_the_default_matrix_beside_its_name(tmp_path, monkeypatch):
+    import runpy
+
+    import detector.lab.compare as lab_compare
+    from exports import write_voc_folder
+
+    root = write_voc_folder(tmp_path / "my_photos")
+    seen = {}
+    monkeypatch.setattr(lab_compare, "compare_from_args", lambda args, argv, cfg: seen.update(args=args, cfg=cfg)
+                        or Path(args.out) / "report.md")
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--data-root", str(root)])
+    monkeypatch.chdir(tmp_path)
+    assert runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "compare.py"))["main"]() == 0
+    args = seen["args"]
+    assert [c.name for c in plan(args.losses, args.seeds, args.noise)] == [
+        f"{loss}-seed{seed}" for seed in (0, 1, 2) for loss in ("smooth_l1", "l1", "l2", "balanced_l1", "giou")]
+    assert args.runs_dir == str(Path("runs", "compare", "my_photos"))
+    assert args.out == str(Path("runs", "compare", "my_photos", "report"))
+    assert seen["cfg"].data.name == "voc" and args.baseline == "smooth_l1"

@@ -28,7 +28,7 @@ import torch
 from detector.data import DetectionDataset
 from detector.data.transforms import resized_size
 from detector.engine import config as config_lib
-from detector.engine.build import build_dataset, resolve_classes
+from detector.engine.build import build_dataset, report_data, resolve_classes
 from detector.engine.config import Config
 from detector.engine.drawing import class_colour
 from detector.engine.io import atomic_write_text
@@ -116,11 +116,11 @@ def draw_labels(cfg: Config, count: int, path: Path) -> Path:
 
 def inspect_data(cfg: Config) -> list[SplitSummary]:
     """Summaries of the training and validation splits as training builds them."""
-    summaries = []
-    for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split)):
-        dataset = build_dataset(cfg.data, split, train=role == "train")
-        summaries.append(summarise(dataset, cfg, role, split))
-    return summaries
+    datasets = {role: build_dataset(cfg.data, split, train=role == "train")
+                for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split))}
+    report_data(cfg.data, datasets["train"], datasets["val"])  # the line train.py prints, and its warnings
+    return [summarise(datasets[role], cfg, role, split)
+            for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split))]
 
 
 def summarise(dataset: DetectionDataset, cfg: Config, role: str, split: str) -> SplitSummary:
