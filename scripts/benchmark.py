@@ -36,7 +36,9 @@ from __future__ import annotations
 
 from detector.engine.cli import ArgumentParser, add_config_arguments, run_main
 
-SECTIONS = ("assignment", "train-step", "real-sizes", "evaluation", "gradient-stats", "levers")
+# lab/benchmark.py's SECTIONS, named here so that --help and a mistyped section answer before torch
+# loads (tests/test_benchmark.py holds the two equal).
+SECTIONS = ("assignment", "train-step", "real-sizes", "evaluation", "gradient-stats", "preflight", "levers")
 
 
 def main() -> int:
@@ -48,6 +50,7 @@ def main() -> int:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--real-config", default="configs/custom.yaml",
                         help="preset of the real-sizes section's model (default: the real-photo preset)")
+    parser.add_argument("--preflight-root", help="the preflight section also times every image under this folder")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 16, 32],
                         help="batch sizes of the assignment section")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (after warm-up)")

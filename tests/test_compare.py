@@ -254,8 +254,9 @@ def test_budget_durations_parse():
 def test_compare_with_a_data_root_alone_plans_the_default_matrix_beside_its_name(tmp_path, monkeypatch):
     import runpy
 
-    import detector.lab.compare as lab_compare
     from exports import write_voc_folder
+
+    import detector.lab.compare as lab_compare
 
     root = write_voc_folder(tmp_path / "my_photos")
     seen = {}

@@ -22,6 +22,9 @@ Sections (SECTIONS, each a function that measures and one that prints; JSON key 
 - ``evaluation`` [evaluation]: COCOeval and the VOC rule timed on the same detections.
 - ``gradient-stats`` [gradient_stats]: the cost of the regression-gradient statistics relative
   to a training step.
+- ``preflight`` [preflight]: the data pre-flight (data/preflight.py: every image decoded) on
+  PREFLIGHT_PHOTOS generated 640x480 JPEGs and on every image under ``--preflight-root``, with
+  an empty cache and again with the cache it wrote (what each later cell of a matrix pays).
 - ``levers`` [levers]: each speed lever against the code without it, the variants' calls
   alternating in one process: the training step in fp32/bf16 x contiguous/channels-last, the
   trunk eager against torch.compile, and faster-coco-eval against pycocotools' COCOeval (when
@@ -39,8 +42,10 @@ import copy
 import io
 import json
 import multiprocessing
+import os
 import platform
 import resource
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +53,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 
+from detector.data.layout import IMAGE_SUFFIXES
+from detector.data.preflight import check_images
 from detector.engine import build_dataset, build_model, evaluate_coco, evaluate_voc
 from detector.engine import config as config_lib
 from detector.engine.build import ensure_generated
@@ -224,6 +232,53 @@ def format_levers(lever_times: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PREFLIGHT_PHOTOS = 1000
+PREFLIGHT_PHOTO_SIZE = (640, 480)  # (W, H): a phone photo scaled down, as small-dataset exports hold
+
+
+def run_preflight(args: argparse.Namespace, cfg_dict: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    # In this process: the pre-flight's threads run in the calling process, as in a training command.
+    with tempfile.TemporaryDirectory() as scratch:
+        photos = Path(scratch) / "photos"
+        photos.mkdir()
+        generator = torch.Generator().manual_seed(0)
+        for index in range(PREFLIGHT_PHOTOS):
+            # Smooth content (a coarse grid, upsampled), so JPEG sizes are a photo's, not noise's.
+            coarse = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8, generator=generator)
+            image = torch.nn.functional.interpolate(coarse[None].float(), size=PREFLIGHT_PHOTO_SIZE[::-1],
+                                                    mode="bilinear")[0].to(torch.uint8)
+            torchvision.io.write_jpeg(image, str(photos / f"{index:04d}.jpg"), quality=90)
+        folders = [("generated 640x480 JPEGs", photos)] + (
+            [(str(args.preflight_root), Path(args.preflight_root))] if args.preflight_root else [])
+        rows = []
+        for name, folder in folders:
+            paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            with _environment("DETECTOR_CACHE", str(Path(scratch) / f"cache-{len(rows)}")):  # an empty cache
+                cold, warm = (median_time(lambda: check_images(paths, name, skip_bad_images=False), "cpu", repeats=1,
+                                          warmup=0) for _ in range(2))
+            rows.append({"images": name, "count": len(paths), "cold_s": cold, "cached_s": warm})
+    return rows
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """The environment variable ``name`` set to ``value`` inside, as it was outside."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = previous
+
+
+def format_preflight(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(f"preflight: {r['count']} images ({r['images']}): {r['cold_s']:.2f} s, cached {r['cached_s']:.3f} s"
+                     for r in rows)
+
+
 @dataclass(frozen=True)
 class Section:
     key: str  # of the result in the JSON
@@ -237,6 +292,7 @@ SECTIONS = {
     "real-sizes": Section("real_sizes", run_real_sizes, format_real_sizes),
     "evaluation": Section("evaluation", run_evaluation, format_evaluation),
     "gradient-stats": Section("gradient_stats", run_gradient_stats, format_gradient_stats),
+    "preflight": Section("preflight", run_preflight, format_preflight),
     "levers": Section("levers", run_levers, format_levers),
 }
 
