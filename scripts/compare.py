@@ -29,7 +29,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 MATRIX_FLAGS = ("--loss", "--seed", "--run-name", "--out-dir", "--train-box-noise")
 
 
-def main() -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES),
                         help=f"regression losses, the rows of the matrix (default: {' '.join(DEFAULT_LOSSES)})")
@@ -74,6 +74,11 @@ def main() -> int:
     cluster.add_argument("--slurm-extra", nargs="+", action="extend", metavar="KEY=VALUE",
                          help="any other sbatch option without its --, e.g. constraint=a100 exclude=node3")
     add_config_arguments(parser, [flag for flag in FLAGS if flag not in MATRIX_FLAGS])
+    return parser
+
+
+def main() -> int:
+    parser = build_parser()
     args = parser.parse_args()
     if args.runs and not args.out:
         parser.error("--runs needs --out, the report folder")

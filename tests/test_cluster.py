@@ -114,3 +114,14 @@ def test_a_tiny_matrix_on_a_one_node_slurm_end_to_end(tmp_path):
         script = Path(note["folder"]).parent / array / f"{array}_submission.sh"
         assert "#SBATCH --signal=USR2@120" in script.read_text()
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+@pytest.mark.skipif(not _slurm_is_up(), reason="needs a running SLURM (.ci/slurm.sh starts a one-node one)")
+def test_an_array_the_cluster_refuses_is_one_clear_error_and_queues_nothing(tmp_path):
+    result = compare(tmp_path, "--launcher", "slurm", "--no-wait", "--slurm-extra", "constraint=no-such-feature",
+                     timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "error: the cluster refused the cells' job array: sbatch: error: Batch job submission failed: Invalid feature "
+        f"specification; the submission script is in {tmp_path / 'runs' / 'slurm'} (fix the --slurm-* option it names)")
+    assert not list((tmp_path / "runs").glob("*.job.json"))  # no cell thinks a job trains it

@@ -5,6 +5,7 @@ plain VOC folder and from a COCO export."""
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from detector.data import DataError
 from detector.engine import config as config_lib
 from detector.engine.build import build_dataset, resolve_classes
 from detector.engine.config import ConfigError, DataConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 # One small dataset, written in both formats: file -> (width, height, [(class, box xyxy, difficult)]).
 DATASET = {
@@ -202,21 +205,16 @@ def test_training_records_the_classes_and_the_held_out_images(tmp_path):
 
 
 def test_a_comparison_resolves_the_classes_once_for_every_cell(tmp_path, monkeypatch):
-    import argparse
-
-    from detector.engine import cli
     from detector.lab import compare
 
     root = write_voc_folder(tmp_path / "cells")
     seen = {}
     monkeypatch.setattr(compare, "train_matrix", lambda cells, base, *args, **kwargs: seen.update(base=base) or ([], []))
     monkeypatch.setattr(compare, "write_report", lambda *args, **kwargs: tmp_path / "report.md")
-    parser = argparse.ArgumentParser()
-    cli.add_config_arguments(parser)
-    args = parser.parse_args(["--data", "voc", "--data-root", str(root), "--set", "data.val_fraction=0.5"])
-    args.runs, args.losses, args.seeds, args.noise = None, ["l1", "l2"], [0, 1], [0.0]
-    args.runs_dir, args.jobs, args.baseline, args.format = str(tmp_path / "runs"), 1, "l1", "png"
-    args.out, args.metric, args.budget, args.allow_early_stopping = str(tmp_path / "report"), "AP", None, False
+    parser = runpy.run_path(str(REPO / "scripts" / "compare.py"))["build_parser"]()
+    args = parser.parse_args(["--data", "voc", "--data-root", str(root), "--set", "data.val_fraction=0.5",
+                              "--losses", "l1", "l2", "--seeds", "0", "1", "--baseline", "l1",
+                              "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
     compare.compare_from_args(args, [])
     cells = [compare.cell_config(seen["base"], cell, tmp_path) for cell in compare.plan(["l1", "l2"], [0, 1], [0.0])]
     assert [cell.data.classes for cell in cells] == [CLASSES] * 4

@@ -3,7 +3,7 @@
 Every unfinished cell is one job of a submitit array: a task per GPU (``--slurm-gpus-per-cell``,
 with ``--slurm-nodes-per-cell``), where the cell trains with Lightning's DDP, which reads SLURM's
 environment for the ranks; the cell's own configuration says ``train.devices`` and
-``train.num_nodes``. SLURM signals USR1 ``SIGNAL_DELAY_S`` before the time limit: the cell stops
+``train.num_nodes``. SLURM signals USR2 (submitit's choice) ``SIGNAL_DELAY_S`` before the time limit: the cell stops
 after its step with a checkpoint, as interrupted (engine/callbacks.py), and the next run of the
 same command resumes it. Each cell's job id and logs are noted beside its run directory
 (``<cell>.job.json``; the logs under ``<runs dir>/slurm/<job id>/``), so a rerun waits for a job
@@ -30,7 +30,7 @@ from detector.engine.config import Config, ConfigError
 from detector.engine.rundir import TRAIN_LOG, checkpoints, run_status
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
-SIGNAL_DELAY_S = 120  # SLURM's USR1 this long before the time limit: time for a step and a checkpoint
+SIGNAL_DELAY_S = 120  # SLURM's USR2 this long before the time limit: time for a step and a checkpoint
 POLL_S = 15.0
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "UNKNOWN")
 # States in which the cluster, not the cell, ended a job.
@@ -126,10 +126,16 @@ def submit_cells(cells: list, configs: dict, runs_dir: Path, *, launcher: str, o
             jobs[cell] = job
     fresh = [cell for cell in cells if cell not in jobs]
     if fresh:
+        import submitit
+
         executor = make_executor(launcher, folder, options)
         cell_jobs = [CellJob(config_lib.to_dict(configs[cell]), str(runs_dir / cell.name)) for cell in fresh]
-        with executor.batch():
-            submitted = [executor.submit(job) for job in cell_jobs]
+        try:
+            with executor.batch():
+                submitted = [executor.submit(job) for job in cell_jobs]
+        except submitit.core.utils.FailedJobError as exc:  # sbatch refused the array: nothing was queued
+            raise ConfigError(f"the cluster refused the cells' job array: {str(exc).strip()}; the submission script "
+                              f"is in {runs_dir / 'slurm'} (fix the --slurm-* option it names)") from None
         for cell, job in zip(fresh, submitted):
             jobs[cell] = job
             note = {"job_id": job.job_id, "launcher": launcher, "folder": str(job.paths.folder),
