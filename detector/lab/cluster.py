@@ -117,7 +117,6 @@ def submit_cells(cells: list, configs: dict, runs_dir: Path, *, launcher: str, o
     except those whose job is still queued or running, then, with ``wait``, follow them with
     ``progress`` until every job has ended; cells the cluster ended are named with their job
     id and log. Returns each cell's job."""
-    folder = runs_dir / "slurm" / "%j"
     jobs = {}
     for cell in cells:
         job = _active_job(pointer(runs_dir / cell.name), launcher)
@@ -126,17 +125,7 @@ def submit_cells(cells: list, configs: dict, runs_dir: Path, *, launcher: str, o
             jobs[cell] = job
     fresh = [cell for cell in cells if cell not in jobs]
     if fresh:
-        import submitit
-
-        executor = make_executor(launcher, folder, options)
-        cell_jobs = [CellJob(config_lib.to_dict(configs[cell]), str(runs_dir / cell.name)) for cell in fresh]
-        try:
-            with executor.batch():
-                submitted = [executor.submit(job) for job in cell_jobs]
-        except submitit.core.utils.FailedJobError as exc:  # sbatch refused the array: nothing was queued
-            raise ConfigError(f"the cluster refused the cells' job array: {str(exc).strip()}; the submission script "
-                              f"is in {runs_dir / 'slurm'} (fix the --slurm-* option it names)") from None
-        for cell, job in zip(fresh, submitted):
+        for cell, job in zip(fresh, _submit_array(fresh, configs, runs_dir, launcher, options)):
             jobs[cell] = job
             note = {"job_id": job.job_id, "launcher": launcher, "folder": str(job.paths.folder),
                     "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
@@ -157,6 +146,20 @@ def submit_cells(cells: list, configs: dict, runs_dir: Path, *, launcher: str, o
         if pending:
             time.sleep(poll_s)
     return jobs
+
+
+def _submit_array(cells: list, configs: dict, runs_dir: Path, launcher: str, options: SlurmOptions) -> list:
+    """One job array of ``cells``' trainings; a refusal by sbatch (nothing queued) is a ConfigError."""
+    import submitit
+
+    executor = make_executor(launcher, runs_dir / "slurm" / "%j", options)
+    cell_jobs = [CellJob(config_lib.to_dict(configs[cell]), str(runs_dir / cell.name)) for cell in cells]
+    try:
+        with executor.batch():
+            return [executor.submit(job) for job in cell_jobs]
+    except submitit.core.utils.FailedJobError as exc:
+        raise ConfigError(f"the cluster refused the cells' job array: {str(exc).strip()}; the submission script "
+                          f"is in {runs_dir / 'slurm'} (fix the --slurm-* option it names)") from None
 
 
 def _ended(job, launcher: str) -> bool:
