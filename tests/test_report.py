@@ -11,7 +11,7 @@ from detector.lab.stats import paired_difference
 
 
 def make_run(root, name, loss, ap, *, seed=0, noise=0.0, status="completed", diverged_at_step=None, train_s=480.0,
-             data=None, params=None, train=None, code=None, ap90=None):
+             data=None, params=None, train=None, code=None, ap90=None, divergence=None):
     """A run directory as training writes it (metrics.json only; AP at IoU t = ap + 0.5 - t, or
     ``ap90`` at 0.9); ``data``/``train``: options of those sections besides the name, noise level
     and seed; ``params``: the loss's parameters (default: smooth_l1's beta 1/9); ``code``: its code version."""
@@ -33,6 +33,8 @@ def make_run(root, name, loss, ap, *, seed=0, noise=0.0, status="completed", div
                                     "AP_large": -1.0}, "ap_per_iou": ap_per_iou}
     if diverged_at_step is not None:
         metrics["diverged_at_step"] = diverged_at_step
+    if divergence is not None:
+        metrics["divergence"] = divergence
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
@@ -82,17 +84,31 @@ def test_report_numbers_equal_the_run_directories(tmp_path):
 
 
 def test_diverged_run_is_shown_not_dropped(tmp_path):
+    nan = float("nan")
+    # As training records it: every term NaN at step 37, the box term already huge the step before.
+    blow_up = {"step": 37, "losses": {"loss": nan, "loss_objectness": nan, "loss_box_reg": nan},
+               "last_finite_losses": {"loss": 1.14e31, "loss_objectness": 2.9, "loss_box_reg": 1.14e31}}
+    one_term = {"step": 12, "losses": {"loss": float("inf"), "loss_objectness": 0.7, "loss_box_reg": float("inf")},
+                "last_finite_losses": {"loss": 3.0, "loss_objectness": 0.8, "loss_box_reg": 2.2}}
     runs = [make_run(tmp_path, "l2-seed0", "l2", 0.6, seed=0),
-            make_run(tmp_path, "l2-seed1", "l2", 0.0, seed=1, status="diverged", diverged_at_step=37),
+            make_run(tmp_path, "l2-seed1", "l2", 0.0, seed=1, status="diverged", diverged_at_step=37,
+                     divergence=blow_up),
+            make_run(tmp_path, "l2-seed2", "l2", 0.0, seed=2, status="diverged", diverged_at_step=12,
+                     divergence=one_term),
             make_run(tmp_path, "smooth_l1-seed0", "smooth_l1", 0.7, seed=0),
-            make_run(tmp_path, "smooth_l1-seed1", "smooth_l1", 0.7, seed=1)]
+            make_run(tmp_path, "smooth_l1-seed1", "smooth_l1", 0.7, seed=1),
+            make_run(tmp_path, "smooth_l1-seed2", "smooth_l1", 0.7, seed=2)]
     report = write_report(runs, tmp_path / "out", "cmd").read_text()
-    assert "| l2 | 1/2 | 0.600 |" in report  # the mean is over the completed seed only ...
-    assert "seed 1 diverged at step 37" in report  # ... and the summary says why
-    assert "| l2-seed1 | l2 | 1 | 0 | diverged at step 37 | 37 |" in report
+    assert "| l2 | 1/3 | 0.600 |" in report  # the mean is over the completed seed only ...
+    # ... and the summary says why, with the term that went non-finite
+    assert ("seed 1 diverged at step 37 (non-finite: every term; loss_box_reg 1.14e+31 the step before); "
+            "seed 2 diverged at step 12 (non-finite: loss_box_reg)") in report
+    assert ("| l2-seed1 | l2 | 1 | 0 | diverged at step 37 (non-finite: every term; loss_box_reg 1.14e+31 the step "
+            "before) | 37 |") in report
     assert "-0.100 (1 seed, no interval)" in report  # paired on seed 0 only
     rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
     assert rows[1]["status"] == "diverged" and rows[1]["diverged_at_step"] == "37"
+    assert rows[2]["divergence"] == "non-finite: loss_box_reg"
 
 
 def test_noise_levels_are_separate_conditions_with_their_own_baseline(tmp_path):
@@ -270,6 +286,14 @@ def test_the_verdict_keeps_the_baseline_when_no_loss_differs_and_says_what_more_
     assert "- l1: AP +0.001 [-0.012, +0.013] against smooth_l1" in verdict
     assert "Not told apart: with this spread (sd of the paired differences 0.0051), 3 seeds detect a difference of " \
            "0.016 (80% power, α = 0.05)" in verdict and "seeds would detect 0.01" in verdict
+
+
+def test_the_verdict_says_when_two_seeds_cannot_detect_any_possible_difference(tmp_path):
+    runs = _matrix(tmp_path, {"smooth_l1": [(0.70, 0.30), (0.70, 0.30)], "l1": [(0.80, 0.30), (0.60, 0.30)]})
+    verdict = _verdict(write_report(runs, tmp_path / "report", "cmd").read_text())
+    # differences +0.1, -0.1: sd 0.1414; (t(0.975, 1) 12.706 + t(0.8, 1) 1.376) x 0.1414 / sqrt 2 = 1.408 > 1
+    assert ("Not told apart: with this spread (sd of the paired differences 0.1414), 2 seeds detect no difference AP "
+            "can show (it lies in [0, 1]; the bound is 1.41) (80% power, α = 0.05)") in verdict
 
 
 def test_the_verdict_names_a_clear_winner_after_holms_adjustment(tmp_path):

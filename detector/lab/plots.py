@@ -188,7 +188,7 @@ def plot_metric_vs_option(curves: dict[str, list[tuple[float, list[float], list[
     """``metric`` against a numeric option (a learning rate), one line per loss: ``curves[loss]``
     holds (option value, the completed seeds' values, the steps at which other seeds diverged).
     Means join as a line, single seeds are dots, diverged runs crosses at the bottom with their
-    step; the x axis is logarithmic when the values span more than a factor of 4."""
+    step; the x axis (ticks at the values tried) is logarithmic when they span more than a factor of 4."""
     fig, ax = plt.subplots(figsize=(8, 5))
     xs_all = [x for points in curves.values() for x, _, _ in points]
     for index, (style, (loss, points)) in enumerate(zip(_styles(), curves.items())):
@@ -204,7 +204,9 @@ def plot_metric_vs_option(curves: dict[str, list[tuple[float, list[float], list[
                             fontsize=7, color=style["color"])
     if xs_all and max(xs_all) > 4 * min(xs_all) > 0:
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.set_xticks(sorted(set(xs_all)))  # the values tried, not round numbers between them
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
     ax.set(xlabel=option, ylabel=metric, title=f"{metric} against {option}", ylim=(-0.03, 1))
     ax.grid(alpha=0.3)
     _legend(ax)

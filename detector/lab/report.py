@@ -95,6 +95,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "status": metrics.get("status", "unknown"),
         "steps": metrics.get("steps"),
         "diverged_at_step": metrics.get("diverged_at_step"),
+        "divergence": divergence_note(metrics.get("divergence")),
         "train_s": metrics.get("timings", {}).get("train_s"),
         "total_s": metrics.get("timings", {}).get("total_s"),
         "ap_per_iou": val.get("ap_per_iou", {}),
@@ -112,6 +113,21 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         row[key] = None if value is None or value < 0 else value  # COCOeval's -1: no such objects, no value
     row["AP90"] = row["ap_per_iou"].get("0.90")
     return row
+
+
+def divergence_note(divergence: dict[str, Any] | None) -> str:
+    """Which loss terms went non-finite at the diverged step, and, when every term did, the
+    term that was largest one step before (where the blow-up started)."""
+    if not divergence:
+        return ""
+    terms = {k: v for k, v in divergence.get("losses", {}).items() if k != "loss"}
+    bad = [k for k, v in terms.items() if not math.isfinite(v)]
+    note = "non-finite: " + (", ".join(bad) if len(bad) < len(terms) else "every term")
+    before = {k: v for k, v in (divergence.get("last_finite_losses") or {}).items() if k != "loss"}
+    if before and len(bad) == len(terms):
+        term = max(before, key=before.get)
+        note += f"; {term} {before[term]:.3g} the step before"
+    return note
 
 
 @dataclass
@@ -225,7 +241,8 @@ def _status_summary(runs: list[dict[str, Any]]) -> str:
     parts = []
     for run in runs:
         if run["status"] == "diverged":
-            parts.append(f"seed {run['seed']} diverged at step {run['diverged_at_step']}")
+            note = f" ({run['divergence']})" if run.get("divergence") else ""
+            parts.append(f"seed {run['seed']} diverged at step {run['diverged_at_step']}{note}")
         elif run["status"] != "completed":
             parts.append(f"seed {run['seed']} {run['status']}")
     return "; ".join(parts) or "all completed"
@@ -280,7 +297,8 @@ def run_table(rows: list[dict[str, Any]], with_voc: bool) -> str:
         for column in columns:
             value = row.get(column)
             if column == "status" and value == "diverged":
-                value = f"diverged at step {row['diverged_at_step']}"
+                value = f"diverged at step {row['diverged_at_step']}" + (f" ({row['divergence']})"
+                                                                         if row.get("divergence") else "")
             elif column == "noise":
                 value = f"{value:g}"
             elif column == "train_s":
@@ -474,7 +492,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
     atomic_write_text(out_dir / "report.md", "\n\n".join(sections) + "\n")
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(RUN_COLUMNS) + ["diverged_at_step", "total_s", "path"],
+    writer = csv.DictWriter(buffer, fieldnames=list(RUN_COLUMNS) + ["diverged_at_step", "divergence", "total_s", "path"],
                             extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)

@@ -51,7 +51,7 @@ def verdict(summary: list[dict[str, Any]], *, baseline: str, metric: str, gradie
         text = (f"- {row['condition']}: {metric} {d.mean:+.3f} {interval_text(d.low, d.high)} against {baseline} "
                 f"(p {p_text(d.p)}, Holm {p_text(adjusted[row['condition']])}).")
         if adjusted[row["condition"]] >= ALPHA and d.sd is not None:
-            text += " " + _resolution(d.sd, d.pairs, len(family))
+            text += " " + _resolution(d.sd, d.pairs, len(family), metric)
         evidence = gradient_evidence.get(row["condition"])
         bullets.append(text + (f" {evidence}" if evidence else ""))
     if gradient_evidence.get(_baseline_label(summary, family)):
@@ -61,15 +61,18 @@ def verdict(summary: list[dict[str, Any]], *, baseline: str, metric: str, gradie
     return "\n\n".join(lines)
 
 
-def _resolution(sd: float, pairs: int, family_size: int) -> str:
+def _resolution(sd: float, pairs: int, family_size: int, metric: str) -> str:
     """What these seeds could have detected, at the most demanding Holm step (alpha / m)."""
     alpha = ALPHA / family_size
     detectable = detectable_difference(sd, pairs, alpha)
     needed = seeds_to_detect(RESOLUTION, sd, alpha)
     more = (f"about {needed} seeds would detect {RESOLUTION:g}" if needed
             else f"no practical number of seeds detects {RESOLUTION:g}")
-    return (f"Not told apart: with this spread (sd of the paired differences {sd:.4f}), {pairs} seeds detect a "
-            f"difference of {detectable:.3f} ({POWER:.0%} power, α = {alpha:.3g}); {more}.")
+    # Every metric here is an AP in [0, 1]: a detectable difference beyond 1 is none at all.
+    detects = (f"detect a difference of {detectable:.3f}" if detectable < 1 else
+               f"detect no difference {metric} can show (it lies in [0, 1]; the bound is {detectable:.3g})")
+    return (f"Not told apart: with this spread (sd of the paired differences {sd:.4f}), {pairs} seeds {detects} "
+            f"({POWER:.0%} power, α = {alpha:.3g}); {more}.")
 
 
 def _baseline_label(summary: list[dict[str, Any]], family: list[dict[str, Any]]) -> str | None:
