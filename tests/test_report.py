@@ -324,6 +324,9 @@ def test_a_learning_rate_sweep_pairs_each_loss_with_the_baseline_at_its_own_rate
             runs.append(make_run(tmp_path, f"smooth_l1-lr{lr}-seed{seed}", "smooth_l1", base_ap + seed / 100, seed=seed,
                                  train={"lr": lr}))
             runs.append(make_run(tmp_path, f"l1-lr{lr}-seed{seed}", "l1", l1_ap + seed / 100, seed=seed, train={"lr": lr}))
+    for lr, l1_ap in ((0.4, 0.66), (0.8, 0.50)):  # no baseline at these rates
+        for seed in (0, 1):
+            runs.append(make_run(tmp_path, f"l1-lr{lr}-seed{seed}", "l1", l1_ap + seed / 100, seed=seed, train={"lr": lr}))
     runs.append(make_run(tmp_path, "l2-lr0.1-seed0", "l2", 0.5, train={"lr": 0.1}))
     runs.append(make_run(tmp_path, "l2-lr0.2-seed0", "l2", 0.0, train={"lr": 0.2}, status="diverged",
                          diverged_at_step=37))
@@ -334,8 +337,10 @@ def test_a_learning_rate_sweep_pairs_each_loss_with_the_baseline_at_its_own_rate
     assert summary["l1, lr=0.1"]["baseline"] == "smooth_l1 (beta=0.1111), lr=0.1"
     report = write_report(runs, tmp_path / "report", "cmd").read_text()
     assert "## AP against train.lr" in report and "![AP against train.lr](metric_vs_option.png)" in report
-    assert "| l2 | 0.1, 0.2 | 0.1 | 0.500 (0.1) |" in report  # diverged at 0.2
-    assert "| smooth_l1 (beta=0.1111) | 0.1, 0.2 | 0.2 | 0.705 (0.2) |" in report
+    assert "| l2 | 0.1, 0.2 | 0.1 | 0.1 | 0.500 (0.1) |" in report  # diverged at 0.2
+    assert "| smooth_l1 (beta=0.1111) | 0.1, 0.2 | 0.2 | 0.2 | 0.705 (0.2) |" in report
+    # l1's best 0.695 at 0.2; 0.665 at 0.4 is within 0.05 of it, 0.505 at 0.8 is not
+    assert "| l1 | 0.1, 0.2, 0.4, 0.8 | 0.8 | 0.4 | 0.695 (0.2) |" in report
     assert (tmp_path / "report" / "metric_vs_option.png").is_file()
 
 

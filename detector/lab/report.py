@@ -565,6 +565,10 @@ def _loss_args(condition: Condition) -> dict[str, Any]:
     return {key: value for key, value in condition.params.items()}
 
 
+# How far below its best a loss's mean may fall and still count as trained well, in the sweep's table.
+NEAR_BEST = 0.05
+
+
 def numeric_axis(conditions: list[Condition]) -> str | None:
     """The one numeric option besides the loss's own in which the conditions differ (e.g.
     train.lr of a learning-rate sweep), or None."""
@@ -575,7 +579,8 @@ def numeric_axis(conditions: list[Condition]) -> str | None:
 
 def axis_section(conditions: list[Condition], axis: str, metric: str, path: Path, figure_line: str) -> list[str]:
     """The figure of ``metric`` against ``axis`` per loss (diverged runs marked where they
-    diverged) and the table of the largest value each loss trained at without diverging."""
+    diverged) and the table of the largest value each loss trained at without diverging, and
+    the largest above its best at which its mean stays within NEAR_BEST of that best."""
     default = config_lib.flatten(Config())[axis]
     curves: dict[str, list[tuple[float, list[float], list[int]]]] = {}
     for condition in conditions:
@@ -584,18 +589,28 @@ def axis_section(conditions: list[Condition], axis: str, metric: str, path: Path
         diverged = [r["diverged_at_step"] for r in condition.runs if r["status"] == "diverged"]
         curves.setdefault(name, []).append((float(value), list(condition.values(metric).values()), diverged))
     plot_metric_vs_option(curves, axis, metric, path)
-    lines = [f"| loss | {axis} tried | largest without a diverged run | best mean {metric} (at) |", "|---|---|---|---|"]
+    lines = [f"| loss | {axis} tried | largest without a diverged run | largest within {NEAR_BEST:g} of the best | "
+             f"best mean {metric} (at) |", "|---|---|---|---|---|"]
     for name, points in curves.items():
         points = sorted(points)
         stable = [x for x, _, diverged in points if not diverged]
-        scored = [(mean(v), x) for x, v, _ in points if v]
-        best = max(scored) if scored else None
+        means = {x: mean(v) for x, v, _ in points if v}
+        best = max(means, key=means.get) if means else None
+        near = None
+        for x, _, diverged in points:  # upward from the best, until the mean falls further or a run diverges
+            if best is None or x < best:
+                continue
+            if diverged or x not in means or means[x] < means[best] - NEAR_BEST:
+                break
+            near = x
         lines.append(f"| {name} | {', '.join(f'{x:g}' for x, _, _ in points)} | "
-                     f"{f'{max(stable):g}' if stable else 'none'} | "
-                     f"{f'{best[0]:.3f} ({best[1]:g})' if best else '-'} |")
+                     f"{f'{max(stable):g}' if stable else 'none'} | {f'{near:g}' if near is not None else '-'} | "
+                     f"{f'{means[best]:.3f} ({best:g})' if best is not None else '-'} |")
     return [f"## {metric} against {axis}",
             f"Each loss's mean {metric} over its completed seeds at each {axis} (dots: single seeds); a cross at the "
-            f"bottom marks a run whose loss went non-finite (diverged), labelled with the step.",
+            f"bottom marks a run whose loss went non-finite (diverged), labelled with the step. In the table, "
+            f"'largest within {NEAR_BEST:g} of the best': the largest {axis} above the loss's best at which its mean "
+            f"{metric} stays within {NEAR_BEST:g} of that best, every step up included and no run diverged.",
             figure_line, "\n".join(lines)]
 
 
