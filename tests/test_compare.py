@@ -271,3 +271,21 @@ def test_compare_with_a_data_root_alone_plans_the_default_matrix_beside_its_name
     assert args.runs_dir == str(Path("runs", "compare", "my_photos"))
     assert args.out == str(Path("runs", "compare", "my_photos", "report"))
     assert seen["cfg"].data.name == "voc" and args.baseline == "smooth_l1"
+
+
+def test_the_time_left_shares_the_remaining_cells_among_the_jobs(tmp_path, monkeypatch, capsys):
+    from detector.lab import compare
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(compare.time, "perf_counter", lambda: clock["now"])
+    cells = plan(["l1", "l2"], [0, 1], [0.0])
+    progress = compare.MatrixProgress(cells, tmp_path, cells, jobs=2)
+    progress.started(cells[0])
+    progress.started(cells[1])
+    clock["now"] = 600.0
+    progress.finished(cells[0])
+    progress.started(cells[2])
+    clock["now"] = 660.0
+    progress.finished(cells[1])
+    # mean cell 630 s; the running cell has 570 s left, one cell is queued: (570 + 630) / 2 jobs = 600 s
+    assert capsys.readouterr().out.splitlines()[-1].endswith("; elapsed 11 min, about 10 min left")

@@ -183,7 +183,7 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
         for config in configs.values():
             config.train.threads = threads
     budget = Budget(budget_s, jobs) if budget_s else None
-    progress = MatrixProgress(cells, runs_dir, todo)
+    progress = MatrixProgress(cells, runs_dir, todo, jobs)
     progress.show()
     free_gpus = list(range(gpus))
     lock = threading.Lock()
@@ -227,7 +227,7 @@ def queue_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, launcher: s
     # Each cell as its job trains it (its devices and nodes), so that a finished one matches.
     configs = {cell: options.cell_config(cell_config(base, cell, runs_dir)) for cell in cells}
     todo = unfinished(cells, configs, runs_dir)
-    progress = MatrixProgress(cells, runs_dir, todo)
+    progress = MatrixProgress(cells, runs_dir, todo, jobs=max(1, len(todo)))  # the array may run every cell at once
     progress.show()
     runs_dir.mkdir(parents=True, exist_ok=True)  # the matrix's own folder: the jobs' notes and logs go there
     submit_cells(todo, configs, runs_dir, launcher=launcher, options=options, wait=wait, progress=progress,
@@ -324,9 +324,10 @@ def _keep_log(log_path: Path, kept: Path, *, resumed: bool) -> None:
 class MatrixProgress:
     """One line per started or finished run: where the matrix stands and roughly how long is left."""
 
-    def __init__(self, cells: list[Cell], runs_dir: Path, todo: list[Cell]):
-        self.cells, self.runs_dir, self.todo = cells, runs_dir, todo
+    def __init__(self, cells: list[Cell], runs_dir: Path, todo: list[Cell], jobs: int = 1):
+        self.cells, self.runs_dir, self.todo, self.jobs = cells, runs_dir, todo, jobs
         self.started_at: dict[Cell, float] = {}
+        self.running: set[Cell] = set()
         self.durations: list[float] = []
         self.begin = time.perf_counter()
 
@@ -337,17 +338,23 @@ class MatrixProgress:
 
     def started(self, cell: Cell, note: str = "") -> None:
         self.started_at[cell] = time.perf_counter()
+        self.running.add(cell)
         index = self.todo.index(cell) + 1
         print(f"[{index}/{len(self.todo)}] training {cell.name}{note}{self._eta()}", flush=True)
 
     def finished(self, cell: Cell, note: str = "") -> None:
         self.durations.append(time.perf_counter() - self.started_at.setdefault(cell, self.begin))
+        self.running.discard(cell)
         print(f"[{len(self.durations)}/{len(self.todo)} done] {cell.name}: {run_status(self.runs_dir / cell.name)} "
               f"in {self.durations[-1]:.0f} s{note}{self._eta()}", flush=True)
 
     def _eta(self) -> str:
+        """The work left (the running cells' rest at the mean cell time, then the queued cells)
+        shared by the ``jobs`` cells that train at once."""
         if not self.durations:
             return ""
-        left = len(self.todo) - len(self.durations)
+        now = time.perf_counter()
         mean = sum(self.durations) / len(self.durations)
-        return f"; elapsed {(time.perf_counter() - self.begin) / 60:.0f} min, about {left * mean / 60:.0f} min left"
+        queued = len(self.todo) - len(self.durations) - len(self.running)
+        work = sum(max(0.0, mean - (now - self.started_at[c])) for c in self.running) + queued * mean
+        return f"; elapsed {(now - self.begin) / 60:.0f} min, about {work / self.jobs / 60:.0f} min left"
