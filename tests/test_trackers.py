@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -95,9 +96,15 @@ def test_wandb_offline_run_holds_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tiny_run(tmp_path, "wandb")
     (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    # W&B's service process writes the file; on a loaded machine its last records (the final
+    # validation's, then "exit") can land a moment after finish() has returned.
+    deadline = time.time() + 60
+    while (records := list(wandb_records(run_file)))[-1].WhichOneof("record_type") != "exit":
+        assert time.time() < deadline, "the offline run file has no exit record"
+        time.sleep(0.5)
     logged: dict[str, dict[int, float]] = {}
     config: dict[str, object] = {}
-    for record in wandb_records(run_file):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
