@@ -238,5 +238,25 @@ def test_the_preflight_refuses_undecodable_photos_before_a_run_directory_and_use
     print(result.stderr[-1500:], f"({time.perf_counter() - started:.1f} s)")
     assert result.returncode == 2
     assert "1 JPEG file ends early (cut short: a.jpg); they are used as Pillow completes them" in result.stderr
-    assert f"images cannot be used: {broken}: cannot decode image" in result.stderr
+    assert f"error: {root} (the 80% kept for training): 1 of 4 images cannot be used: {broken}: cannot decode image" \
+        in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_bad_photos_of_both_parts_are_listed_at_once_each_with_its_part(tmp_path):
+    from detector.engine.build import build_splits
+
+    root = write_voc_folder(tmp_path / "photos")
+    cfg = config_lib.load(overrides=[f"data.root={root}"])
+    train, val = build_splits(cfg.data)
+    (held_out,) = [Path(image["file_name"]).name for image in val.coco.dataset["images"]]
+    trained = Path(train.coco.dataset["images"][0]["file_name"]).name
+    for name in (held_out, trained):
+        (root / name).write_bytes(b"not an image")
+    with pytest.raises(DataError) as info:
+        build_splits(cfg.data)
+    message = str(info.value)
+    assert message.startswith(f"{root} (the 80% kept for training): 1 of 4 images cannot be used: {root / trained}: "
+                              f"cannot decode image")
+    assert f"; and {root} (the 20% held out for validation): none of its 1 images can be read ({root / held_out}: " \
+           f"cannot decode image" in message

@@ -119,7 +119,8 @@ class CocoDetection(DetectionDataset):
         found = {image["id"]: folder.named(image["file_name"], str(ann_file)) for image in images}
         paths = {image["id"]: found[image["id"]] or image_dir / image["file_name"] for image in images}
         missing = {str(paths[i]): f"image file not found: {paths[i]}" for i, path in found.items() if path is None}
-        bad = check_images(list(paths.values()), str(ann_file), skip_bad_images=skip_bad_images, known=missing)
+        source = holdout.label(str(ann_file)) if holdout else str(ann_file)
+        bad = check_images(list(paths.values()), source, skip_bad_images=skip_bad_images, known=missing)
         images = [image for image in images if str(paths[image["id"]]) not in bad]
         kept_ids = {image["id"] for image in images}
         annotations = [ann for ann in annotations if ann["image_id"] in kept_ids]

@@ -173,6 +173,12 @@ class Holdout:
     seed: int
     part: str  # "train" or "val"
 
+    def label(self, source: str) -> str:
+        """``source`` with this part named, for messages about its images."""
+        if self.part == "val":
+            return f"{source} (the {self.fraction:.0%} held out for validation)"
+        return f"{source} (the {1 - self.fraction:.0%} kept for training)"
+
     def select(self, names: Sequence[str], source: str) -> list[int]:
         """Indices (ascending) of the ``names`` that belong to this part."""
         if not 0 < self.fraction < 1 or self.part not in ("train", "val"):

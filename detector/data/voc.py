@@ -173,8 +173,8 @@ class VocDetection(DetectionDataset):
 
         image_paths = {image_id: _image_of(folder, found, image_id, parsed[image_id]) for image_id in ids}
         missing = {str(image_paths[i]): _missing(folder, found, i, parsed[i]) for i in ids if "*" in image_paths[i].name}
-        bad = check_images(list(image_paths.values()), str(found.source), skip_bad_images=skip_bad_images,
-                           known=missing)
+        bad = check_images(list(image_paths.values()), holdout.label(str(found.source)) if holdout else str(found.source),
+                           skip_bad_images=skip_bad_images, known=missing)
         records, images, annotations = [], [], []
         self._xml_files: dict[int, str] = {}
         for image_id in ids:

@@ -137,7 +137,8 @@ class YoloDetection(DetectionDataset):
         images = found.images
         indices = holdout.select([p.stem for p in images], str(found.source)) if holdout else range(len(images))
         chosen = [(index + 1, images[index]) for index in indices][:max_images]  # image id: 1-based position
-        bad = check_images([path for _, path in chosen], str(found.source), skip_bad_images=skip_bad_images)
+        bad = check_images([path for _, path in chosen], holdout.label(str(found.source)) if holdout else str(found.source),
+                           skip_bad_images=skip_bad_images)
         skipped_rows = 0
         records, coco_images, annotations = [], [], []
         for image_id, path in chosen:

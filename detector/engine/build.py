@@ -289,6 +289,24 @@ def _classes_found(cfg: DataConfig) -> list[str]:
     return classes
 
 
+def build_splits(cfg: DataConfig, *, train: bool = True) -> tuple[DetectionDataset | None, DetectionDataset]:
+    """The training (when ``train``) and validation datasets, both read before an error stops
+    the command, so that the bad files of both splits are listed at once; the splits must share
+    their categories."""
+    built: dict[str, DetectionDataset] = {}
+    problems: list[str] = []
+    for role, split in (("train", cfg.train_split), ("val", cfg.val_split)) if train else (("val", cfg.val_split),):
+        try:
+            built[role] = build_dataset(cfg, split, train=role == "train")
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DataError("; and ".join(dict.fromkeys(problems)))  # one cause (a wrong root) is said once
+    if train:
+        check_same_categories(built["train"], built["val"])
+    return built.get("train"), built["val"]
+
+
 def check_same_categories(train: DetectionDataset, val: DetectionDataset) -> None:
     """The model's labels map to the training split's category ids, and validation detections
     are scored against the validation split's: both must agree."""

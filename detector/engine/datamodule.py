@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from detector.data import DetectionDataset, EpochSampler, collate
-from detector.engine.build import build_dataset, check_same_categories, ensure_generated
+from detector.engine.build import build_splits, ensure_generated
 from detector.engine.config import DataConfig
 
 
@@ -34,12 +34,9 @@ class DetectionDataModule(pl.LightningDataModule):
         ensure_generated(self.cfg)
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = build_dataset(self.cfg, self.cfg.train_split, train=True)
-        if self.val_dataset is None:
-            self.val_dataset = build_dataset(self.cfg, self.cfg.val_split, train=False)
-        if self.train_dataset is not None:
-            check_same_categories(self.train_dataset, self.val_dataset)
+        fit = stage in (None, "fit")
+        if self.val_dataset is None or (fit and self.train_dataset is None):
+            self.train_dataset, self.val_dataset = build_splits(self.cfg, train=fit)
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.train_dataset, shuffle=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from detector.engine import config as config_lib
-from detector.engine.build import build_dataset, load_trunk_weights, report_data, resolve_classes
+from detector.engine.build import build_splits, load_trunk_weights, report_data, resolve_classes
 from detector.engine.config import Config, ConfigError
 from detector.engine.outputs import check_folder
 from detector.engine.rundir import FINISHED, TRAIN_LOG, checkpoints, run_status
@@ -57,8 +57,7 @@ def compare_from_args(args: argparse.Namespace, argv: list[str], cfg: Config | N
                               f"add --allow-early-stopping to compare such runs anyway")
         base.data.classes = resolve_classes(base.data)  # one list for every cell
         # Every image checked once, before the first cell (the cells find the checks cached).
-        report_data(base.data, build_dataset(base.data, base.data.train_split, train=True),
-                    build_dataset(base.data, base.data.val_split, train=False))
+        report_data(base.data, *build_splits(base.data))
         budget = parse_duration(args.budget) if args.budget else None
         if args.launcher != "local":
             if budget is not None:
