@@ -125,3 +125,36 @@ def test_an_array_the_cluster_refuses_is_one_clear_error_and_queues_nothing(tmp_
         "error: the cluster refused the cells' job array: sbatch: error: Batch job submission failed: Invalid feature "
         f"specification; the submission script is in {tmp_path / 'runs' / 'slurm'} (fix the --slurm-* option it names)")
     assert not list((tmp_path / "runs").glob("*.job.json"))  # no cell thinks a job trains it
+
+
+def test_without_accounting_the_queue_tells_a_slurm_job_ended_and_sacct_is_never_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from detector.lab import cluster
+
+    calls = []
+    queue = {"listed": "20_0 debug detector-cell R"}
+
+    def run(command, **kwargs):
+        calls.append(command[0])
+        if command[0] == "sacct":
+            return SimpleNamespace(returncode=1, stdout="", stderr="Slurm accounting storage is disabled")
+        return SimpleNamespace(returncode=0, stdout=queue["listed"], stderr="")
+
+    monkeypatch.setattr(cluster.subprocess, "run", run)
+    cluster._accounting.cache_clear()
+    class Job:  # a SLURM job of submitit's whose state would be asked of sacct
+        job_id = "20_0"
+        paths = SimpleNamespace(result_pickle=tmp_path / "20_0_result.pkl", stderr=tmp_path / "20_0_log.err")
+
+        @property
+        def state(self):
+            pytest.fail("the state asks sacct")
+
+    job = Job()
+    assert cluster._ended(job, "slurm") is False  # still in the queue
+    queue["listed"] = ""
+    assert cluster._ended(job, "slurm") is True
+    assert cluster._cluster_problem(job, "slurm") == f"the job ended without a result; its log: {tmp_path / '20_0_log.err'}"
+    assert calls == ["squeue", "squeue", "sacct"]  # sacct once, to learn that there is no accounting
+    cluster._accounting.cache_clear()

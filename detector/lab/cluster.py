@@ -16,6 +16,7 @@ submission, pickling and result path), to try a matrix before a cluster sees it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -30,9 +31,11 @@ from detector.engine.config import Config, ConfigError
 from detector.engine.rundir import TRAIN_LOG, checkpoints, run_status
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
+# At import submitit gives its logger two console handlers of its own (each message printed twice
+# beside the command's); NOCONFIG leaves its messages to the command's logging. Jobs inherit it.
+os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
 SIGNAL_DELAY_S = 120  # SLURM's USR2 this long before the time limit: time for a step and a checkpoint
 POLL_S = 15.0
-ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "UNKNOWN")
 # States in which the cluster, not the cell, ended a job.
 CLUSTER_ENDED = ("TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "CANCELLED", "BOOT_FAIL", "DEADLINE")
 
@@ -141,7 +144,7 @@ def submit_cells(cells: list, configs: dict, runs_dir: Path, *, launcher: str, o
                 continue
             del pending[cell]
             _keep_logs(job, runs_dir / cell.name)
-            problem = _cluster_problem(job)
+            problem = _cluster_problem(job, launcher)
             progress.finished(cell, f" (job {job.job_id}{': ' + problem if problem else ''})")
         if pending:
             time.sleep(poll_s)
@@ -162,13 +165,23 @@ def _submit_array(cells: list, configs: dict, runs_dir: Path, launcher: str, opt
                           f"is in {runs_dir / 'slurm'} (fix the --slurm-* option it names)") from None
 
 
-def _ended(job, launcher: str) -> bool:
-    """Whether a job has ended: its result is there, or (SLURM) the queue no longer knows it,
-    which is how a cluster without an accounting database (no sacct) tells."""
-    if job.done():
-        return True
-    if launcher != "slurm":
+@functools.cache
+def _accounting() -> bool:
+    """Whether the cluster keeps job accounting (sacct answers). Without it a job's final state
+    is unknown, and asking submitit for it would run sacct, whose error lands in the console at
+    every poll; the queue (squeue) tells which jobs have ended instead."""
+    try:
+        return subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def _ended(job, launcher: str) -> bool:
+    """Whether a job has ended: its result is there, or (SLURM) the queue no longer lists it."""
+    if launcher != "slurm":
+        return job.done()
+    if job.paths.result_pickle.exists():
+        return True
     try:
         queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id)], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -197,18 +210,18 @@ def _active_job(note: Path, launcher: str):
             return None
         return None if job.done() else job
     job = submitit.SlurmJob(folder=folder, job_id=recorded["job_id"])
-    try:
-        return job if job.state.upper() in ACTIVE and not _ended(job, launcher) else None
-    except Exception:  # noqa: BLE001 - a job the scheduler no longer knows has ended
-        return None
+    return None if _ended(job, launcher) else job
 
 
-def _cluster_problem(job) -> str | None:
-    """What ended a job from outside the cell (its state and log), or None when the cell ran to
-    its own end (completed, diverged, failed or interrupted: its run directory says which)."""
-    state = str(job.state).upper()
-    if any(state.startswith(ended) for ended in CLUSTER_ENDED):
+def _cluster_problem(job, launcher: str) -> str | None:
+    """What ended a job from outside the cell (its state, where the cluster keeps accounting, and
+    its log), or None when the cell ran to its own end (completed, diverged, failed or
+    interrupted: its run directory says which)."""
+    state = str(job.state).upper() if launcher != "slurm" or _accounting() else None
+    if state and any(state.startswith(ended) for ended in CLUSTER_ENDED):
         return f"the cluster ended it ({state}); its log: {job.paths.stderr}"
+    if launcher == "slurm" and not job.paths.result_pickle.exists():  # result() would wait on the state
+        return f"the job ended without a result{f' ({state})' if state else ''}; its log: {job.paths.stderr}"
     try:
         job.result()
     except Exception as exc:  # noqa: BLE001 - the job's own error, which its log holds in full
