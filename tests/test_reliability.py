@@ -166,3 +166,25 @@ def test_a_comparison_refuses_early_stopping_unless_asked(tmp_path):
     result = run_script("scripts/compare.py", "--losses", "l1", "--out", tmp_path / "report", "--set", *TINY,
                         f"data.root={tmp_path / 'shapes'}", "train.patience=3")
     assert result.returncode == 2 and "add --allow-early-stopping" in result.stderr
+
+
+@pytest.mark.parametrize("max_epochs, max_steps, line", [
+    (10, -1, "epoch 3/10: step 282, loss 0.742, "),  # the default: the epochs end the run
+    (-1, 20, "epoch 1: step 20/20, loss 0.742, "),  # train.max_steps: the steps do
+])
+def test_the_epoch_line_counts_what_ends_the_run(max_epochs, max_steps, line, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from detector.engine.callbacks import EpochLine
+
+    trainer = SimpleNamespace(current_epoch=2 if max_steps < 0 else 0, max_epochs=max_epochs, max_steps=max_steps,
+                              global_step=282 if max_steps < 0 else 20,
+                              callback_metrics={"train/loss": torch.tensor(0.7421)})
+    callback = EpochLine()
+    with caplog.at_level(logging.INFO, logger="detector.engine.callbacks"):
+        callback.on_train_epoch_start(trainer, None)
+        callback.on_train_epoch_end(trainer, None)
+    assert caplog.messages[-1].startswith(line)

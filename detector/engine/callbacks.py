@@ -100,9 +100,11 @@ class EpochLine(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train/loss")
-        log.info("epoch %d/%s: step %d, loss %s, %.0f s", trainer.current_epoch + 1,
-                 trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?", trainer.global_step,
-                 f"{float(loss):.3f}" if loss is not None else "-", time.perf_counter() - self._started)
+        # With train.max_steps the steps, not the epochs, end the run: the line counts those.
+        epoch = f"{trainer.current_epoch + 1}" + (f"/{trainer.max_epochs}" if (trainer.max_epochs or 0) > 0 else "")
+        step = f"{trainer.global_step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")
+        log.info("epoch %s: step %s, loss %s, %.0f s", epoch, step, f"{float(loss):.3f}" if loss is not None else "-",
+                 time.perf_counter() - self._started)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ap = trainer.callback_metrics.get("val/AP")
