@@ -115,6 +115,28 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     assert metrics["status"] == "completed" and metrics["steps"] == 60  # 3 steps x 20 epochs
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGINT], ids=lambda s: signal.Signals(s).name)
+def test_a_signal_to_the_whole_process_group_stops_the_run_with_a_checkpoint(signum, tmp_path):
+    """As SLURM signals every process of a job, and Ctrl-C the terminal's foreground group: the
+    DataLoader workers get the signal too, and must leave it to the trainer (a worker killed by it
+    failed the run instead of stopping it)."""
+    run_dir = tmp_path / "runs" / "group"
+    args = ["--set", *TINY, f"data.root={tmp_path / 'shapes'}", "train.epochs=20", "data.num_workers=1",
+            "--out-dir", tmp_path / "runs", "--run-name", "group"]
+    process = subprocess.Popen([sys.executable, "scripts/train.py", *map(str, args)], cwd=REPO, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    gradients = run_dir / "gradients.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not gradients.is_file() or gradients.read_text().count("\n") < 8):
+        time.sleep(0.2)
+    os.killpg(process.pid, signum)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["stopped_by"] == signal.Signals(signum).name
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+
+
 def test_resume_takes_no_other_options(tmp_path):
     result = run_script("scripts/train.py", "--resume", tmp_path, "--loss", "l2")
     assert result.returncode == 2 and "leave out --loss" in result.stderr

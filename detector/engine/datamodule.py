@@ -7,12 +7,15 @@ sizes, and the model normalises and pads them on the device.
 
 from __future__ import annotations
 
+import signal
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from detector.data import DetectionDataset, EpochSampler, collate
 from detector.engine.build import build_splits, ensure_generated
+from detector.engine.callbacks import StopOnSignal
 from detector.engine.config import DataConfig
 
 
@@ -63,6 +66,18 @@ class DetectionDataModule(pl.LightningDataModule):
             drop_last=False,
             num_workers=self.cfg.num_workers,
             collate_fn=collate,
+            worker_init_fn=leave_stop_signals_to_the_trainer,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.cfg.num_workers > 0,
         )
+
+
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """In a DataLoader worker, ignore the signals with which StopOnSignal stops training. SLURM
+    signals every process of a job (SIGTERM, and USR1/USR2 before the time limit), as does a kill
+    of the process group: by default each of them killed the worker, and the run failed instead
+    of stopping after its step with a checkpoint. Workers still end when the loader closes or the
+    main process dies (torch watches it). SIGINT is ignored as well: Ctrl-C reaches the whole
+    foreground group, and the trainer is the one to answer it."""
+    for signum in StopOnSignal.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
