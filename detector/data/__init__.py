@@ -5,14 +5,12 @@ configuration or Lightning (the engine builds datasets from the configuration:
 ``detector/engine/build.py``). See data/README.md for the layouts. Unusable dataset files raise
 :class:`DataError` (missing ones FileNotFoundError), naming the file.
 
-The names below load on first access (PEP 562), so that a module of this room that needs
-no torch (the configuration's checks) imports without it and a mistyped option answers at once.
+The names below load on first access (``detector/lazy.py``).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from detector.lazy import lazy_exports
 
 _EXPORTS = {
     "CocoDetection": ("detector.data.coco", "CocoDetection"),
@@ -42,10 +40,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = _EXPORTS[name]
-    return getattr(importlib.import_module(module), attribute)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,14 +4,12 @@ configured like ours. Built from plain constructor arguments; it knows nothing o
 configuration, files, Lightning or the command line (``detector/engine/build.py`` maps the
 configuration onto it).
 
-The names below load on first access (PEP 562), so that a module of this room that needs
-no torch (the configuration's checks) imports without it and a mistyped option answers at once.
+The names below load on first access (``detector/lazy.py``).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from detector.lazy import lazy_exports
 
 _EXPORTS = {
     "AnchorGenerator": ("detector.model.anchors", "AnchorGenerator"),
@@ -38,10 +36,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = _EXPORTS[name]
-    return getattr(importlib.import_module(module), attribute)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
