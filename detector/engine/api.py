@@ -12,7 +12,6 @@ the same post-processing and batch size the detections equal predict.py's.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,8 +23,8 @@ from detector.engine import config as config_lib
 from detector.engine.build import build_transform
 from detector.engine.inference import checkpoint_config, load_module
 from detector.engine.outputs import check_new_file
-from detector.engine.rundir import CHECKPOINTS, find_checkpoint
-from detector.engine.trainers import resolve_precision
+from detector.engine.rundir import find_checkpoint, run_dir_of
+from detector.engine.trainers import autocast, resolve_precision
 
 
 class Detector:
@@ -46,10 +45,6 @@ class Detector:
         self.class_names = self.module.class_names
         self.transform = build_transform(self.cfg.data, train=False)
 
-    def _autocast(self):
-        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(self.cfg.train.precision)
-        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
     @torch.no_grad()
     def __call__(self, images: Sequence[str | Path | Tensor]) -> list[dict[str, Any]]:
         found = []
@@ -62,7 +57,7 @@ class Detector:
             else:
                 files = ImageFiles([Path(item) for item in chunk], transform=self.transform)
                 batch, infos, _ = collate_images([files[i] for i in range(len(files))])
-            with self._autocast():
+            with autocast(self.device.type, self.cfg.train.precision):
                 detections = self.module.detect([image.to(self.device) for image in batch], infos)
             for detection in detections:
                 labels = detection["labels"]
@@ -105,7 +100,7 @@ def export_from_args(args) -> Path:
     if args.out:
         out = check_new_file(args.out, overwrite=args.overwrite)
     else:
-        run_dir = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint.parent
+        run_dir = run_dir_of(checkpoint) or checkpoint.parent
         side = size or export_size(checkpoint_config(checkpoint))
         suffix = ".pt" if args.format == "torchscript" else ".onnx"
         out = check_new_file(run_dir / "exported" / f"detector-{side[0]}x{side[1]}{suffix}", overwrite=args.overwrite)

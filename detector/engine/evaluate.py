@@ -26,6 +26,7 @@ from detector.engine.inference import (
 )
 from detector.engine.io import atomic_write_json
 from detector.engine.outputs import check_folder, claim_folder
+from detector.engine.rundir import run_dir_of
 from detector.engine.trainers import build_evaluator
 
 
@@ -36,8 +37,7 @@ def evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint, cfg = inference_config(args, POSTPROCESSING_OPTIONS + RUNTIME_OPTIONS + EVALUATION_DATA_OPTIONS,
                                        "evaluate.py")
     split = args.split or cfg.data.val_split
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    out = Path(args.out) if args.out else run_dir / f"eval-{split}"
+    out = Path(args.out) if args.out else (run_dir_of(checkpoint) or checkpoint.parent) / f"eval-{split}"
     return evaluate_checkpoint(checkpoint, cfg, split, out, overwrite=args.overwrite, conf_thresh=args.conf_thresh)
 
 

@@ -391,5 +391,5 @@ def confusion_at(coco_gt: COCO, results: Sequence[Mapping[str, Any]], class_name
 
 
 def _xyxy(boxes: Sequence[Sequence[float]]) -> torch.Tensor:
-    xywh = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
-    return torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), dim=1)
+    """COCO's (x, y, w, h) boxes as (M, 4) xyxy float64."""
+    return box_convert(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")

@@ -44,6 +44,7 @@ from detector.engine.inference import (
 )
 from detector.engine.io import atomic_path, atomic_write_json
 from detector.engine.outputs import check_folder, claim_folder, default_location
+from detector.engine.rundir import run_dir_of
 from detector.engine.trainers import build_evaluator
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def predict_from_args(args: argparse.Namespace) -> dict[str, Any]:
     device options of the command line on top; any other option is refused, naming it."""
     checkpoint, cfg = inference_config(args, POSTPROCESSING_OPTIONS + RUNTIME_OPTIONS, "predict.py")
     paths = find_images(args.inputs)
-    run_name = checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.stem
+    run_name = run.name if (run := run_dir_of(checkpoint)) else checkpoint.stem
     out = Path(args.out) if args.out else default_location(f"predict-{run_name}")
     return predict(checkpoint, cfg, paths, out, draw_thresh=args.draw_thresh, draw_size=args.draw_size,
                    overwrite=args.overwrite)

@@ -102,6 +102,12 @@ def find_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"no checkpoint at {path} (expected a .ckpt file or a run directory with {CHECKPOINTS}/)")
 
 
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint file belongs to (the folder above its checkpoints/), or
+    None for a checkpoint kept elsewhere."""
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else None
+
+
 def checkpoint_step(checkpoint: Path) -> int:
     """The optimiser step a checkpoint was saved at, read without loading its tensors (mmap)."""
     return int(torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"])

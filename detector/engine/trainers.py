@@ -3,6 +3,7 @@ evaluation (``train.accelerator``, ``devices``, ``num_nodes``, ``strategy``, ``p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
@@ -10,7 +11,7 @@ import socket
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import pytorch_lightning as pl
 import torch
@@ -40,6 +41,12 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 # Where SLURM is installed, every Trainer outside a job suggests srun; a cell of a cluster matrix
 # is a job of its own (lab/cluster.py).
 warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+
+
+def autocast(device: str, precision: str) -> ContextManager:
+    """Autocast as a resolved ``train.precision`` trains: bf16 or fp16 mixed precision, or none (fp32)."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return torch.autocast(device.split(":")[0], dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def cpu_has_fast_bf16() -> bool:

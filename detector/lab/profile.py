@@ -31,9 +31,9 @@ from detector.engine import config as config_lib
 from detector.engine.datamodule import DetectionDataModule
 from detector.engine.evaluation import detections_to_coco_results
 from detector.engine.module import DetectorModule
+from detector.engine.trainers import autocast
 from detector.lab.timing import (
     Batch,
-    autocast,
     fresh_model,
     median,
     median_time,

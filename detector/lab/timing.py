@@ -1,5 +1,6 @@
 """The timing harness of the benchmark and the profile: one training step, one median, one
-autocast, one source of random boxes and batches, and the batches and model of a preset.
+source of random boxes and batches, and the batches and model of a preset (autocast as training
+runs it: engine/trainers.py).
 
 Shape letters as in the ``detector`` package docstring.
 """
@@ -19,6 +20,7 @@ from detector.data import collate
 from detector.engine import build_dataset, build_model
 from detector.engine.build import attach_gradient_probes
 from detector.engine.config import Config
+from detector.engine.trainers import autocast
 from detector.model import FasterRCNN
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
@@ -44,12 +46,6 @@ def median_time(call: Callable[[], Any], device: str, repeats: int, warmup: int)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return median(times)
-
-
-def autocast(device: str, precision: str) -> ContextManager:
-    """Autocast as a resolved ``train.precision`` trains: bf16 or fp16 mixed precision, or none (fp32)."""
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return torch.autocast(device.split(":")[0], dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def random_boxes(count: int, low: float, high: float, width: int, height: int, generator: torch.Generator) -> torch.Tensor:
