@@ -29,7 +29,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, Holdout, ImageRecord, Transform, select_categories
+from detector.data.dataset import (
+    MAX_IMAGE_SIDE,
+    DetectionDataset,
+    Holdout,
+    ImageRecord,
+    Transform,
+    part_source,
+    select_categories,
+)
 from detector.data.errors import DataError
 from detector.data.images import ImageFolder, base_name
 from detector.data.preflight import check_images
@@ -119,8 +127,8 @@ class CocoDetection(DetectionDataset):
         found = {image["id"]: folder.named(image["file_name"], str(ann_file)) for image in images}
         paths = {image["id"]: found[image["id"]] or image_dir / image["file_name"] for image in images}
         missing = {str(paths[i]): f"image file not found: {paths[i]}" for i, path in found.items() if path is None}
-        source = holdout.label(str(ann_file)) if holdout else str(ann_file)
-        bad = check_images(list(paths.values()), source, skip_bad_images=skip_bad_images, known=missing)
+        bad = check_images(list(paths.values()), part_source(str(ann_file), holdout), skip_bad_images=skip_bad_images,
+                           known=missing)
         images = [image for image in images if str(paths[image["id"]]) not in bad]
         kept_ids = {image["id"] for image in images}
         annotations = [ann for ann in annotations if ann["image_id"] in kept_ids]

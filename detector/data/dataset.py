@@ -173,12 +173,6 @@ class Holdout:
     seed: int
     part: str  # "train" or "val"
 
-    def label(self, source: str) -> str:
-        """``source`` with this part named, for messages about its images."""
-        if self.part == "val":
-            return f"{source} (the {self.fraction:.0%} held out for validation)"
-        return f"{source} (the {1 - self.fraction:.0%} kept for training)"
-
     def select(self, names: Sequence[str], source: str) -> list[int]:
         """Indices (ascending) of the ``names`` that belong to this part."""
         if not 0 < self.fraction < 1 or self.part not in ("train", "val"):
@@ -190,6 +184,15 @@ class Holdout:
         order = sorted(range(count), key=lambda index: names[index])
         held = {order[i] for i in np.random.default_rng(self.seed).permutation(count)[:held_count]}
         return [index for index in range(count) if (index in held) == (self.part == "val")]
+
+
+def part_source(source: str, holdout: Holdout | None) -> str:
+    """``source`` for messages about a dataset's images: with the held-out part named, if any."""
+    if holdout is None:
+        return source
+    if holdout.part == "val":
+        return f"{source} (the {holdout.fraction:.0%} held out for validation)"
+    return f"{source} (the {1 - holdout.fraction:.0%} kept for training)"
 
 
 def _clean_boxes(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:

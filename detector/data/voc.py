@@ -37,7 +37,15 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from detector.data.dataset import MAX_IMAGE_SIDE, DetectionDataset, Holdout, ImageRecord, Transform, select_categories
+from detector.data.dataset import (
+    MAX_IMAGE_SIDE,
+    DetectionDataset,
+    Holdout,
+    ImageRecord,
+    Transform,
+    part_source,
+    select_categories,
+)
 from detector.data.errors import DataError
 from detector.data.images import ImageFolder, read_image_size
 from detector.data.layout import IMAGE_SUFFIXES
@@ -173,7 +181,7 @@ class VocDetection(DetectionDataset):
 
         image_paths = {image_id: _image_of(folder, found, image_id, parsed[image_id]) for image_id in ids}
         missing = {str(image_paths[i]): _missing(folder, found, i, parsed[i]) for i in ids if "*" in image_paths[i].name}
-        bad = check_images(list(image_paths.values()), holdout.label(str(found.source)) if holdout else str(found.source),
+        bad = check_images(list(image_paths.values()), part_source(str(found.source), holdout),
                            skip_bad_images=skip_bad_images, known=missing)
         records, images, annotations = [], [], []
         self._xml_files: dict[int, str] = {}

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from detector.data.dataset import DetectionDataset, Holdout, ImageRecord, Transform, select_categories
+from detector.data.dataset import DetectionDataset, Holdout, ImageRecord, Transform, part_source, select_categories
 from detector.data.errors import DataError
 from detector.data.images import read_image_size
 from detector.data.layout import IMAGE_SUFFIXES
@@ -137,7 +137,7 @@ class YoloDetection(DetectionDataset):
         images = found.images
         indices = holdout.select([p.stem for p in images], str(found.source)) if holdout else range(len(images))
         chosen = [(index + 1, images[index]) for index in indices][:max_images]  # image id: 1-based position
-        bad = check_images([path for _, path in chosen], holdout.label(str(found.source)) if holdout else str(found.source),
+        bad = check_images([path for _, path in chosen], part_source(str(found.source), holdout),
                            skip_bad_images=skip_bad_images)
         skipped_rows = 0
         records, coco_images, annotations = [], [], []
