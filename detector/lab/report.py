@@ -237,12 +237,15 @@ def summarise(conditions: list[Condition], baseline: str, metric: str = "AP") ->
     return rows
 
 
+def _diverged(run: dict[str, Any]) -> str:
+    return f"diverged at step {run['diverged_at_step']}" + (f" ({run['divergence']})" if run.get("divergence") else "")
+
+
 def _status_summary(runs: list[dict[str, Any]]) -> str:
     parts = []
     for run in runs:
         if run["status"] == "diverged":
-            note = f" ({run['divergence']})" if run.get("divergence") else ""
-            parts.append(f"seed {run['seed']} diverged at step {run['diverged_at_step']}{note}")
+            parts.append(f"seed {run['seed']} {_diverged(run)}")
         elif run["status"] != "completed":
             parts.append(f"seed {run['seed']} {run['status']}")
     return "; ".join(parts) or "all completed"
@@ -297,8 +300,7 @@ def run_table(rows: list[dict[str, Any]], with_voc: bool) -> str:
         for column in columns:
             value = row.get(column)
             if column == "status" and value == "diverged":
-                value = f"diverged at step {row['diverged_at_step']}" + (f" ({row['divergence']})"
-                                                                         if row.get("divergence") else "")
+                value = _diverged(row)
             elif column == "noise":
                 value = f"{value:g}"
             elif column == "train_s":
