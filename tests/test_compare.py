@@ -243,12 +243,15 @@ def test_on_a_cpu_parallel_cells_split_the_cores(tmp_path, monkeypatch):
 
 
 def test_budget_durations_parse():
-    from detector.lab.compare import parse_duration
+    from detector.lab.compare import budget_seconds
 
-    assert (parse_duration("90s"), parse_duration("60m"), parse_duration("1.5h"), parse_duration("30")) == (90, 3600,
+    assert (budget_seconds("90s"), budget_seconds("60m"), budget_seconds("1.5h"), budget_seconds("30")) == (90, 3600,
                                                                                                               5400, 30)
+    assert budget_seconds("1:30:00") == 5400
     with pytest.raises(ConfigError, match="give a duration such as 90s, 60m or 2h"):
-        parse_duration("soon")
+        budget_seconds("soon")
+    with pytest.raises(ConfigError, match="the budget must be positive"):
+        budget_seconds("0m")
 
 
 def test_compare_with_a_data_root_alone_plans_the_default_matrix_beside_its_name(tmp_path, monkeypatch):

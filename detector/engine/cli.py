@@ -26,6 +26,24 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str, option: str, *, unit: str = "s") -> float:
+    """Seconds of a duration option: "90s", "60m", "1.5h", H:MM:SS, or a plain number of ``unit``."""
+    try:
+        if ":" in text:
+            hours, minutes, seconds = (float(part) for part in text.split(":"))
+            return hours * 3600 + minutes * 60 + seconds
+        if text[-1:].lower() in DURATION_UNITS:
+            return float(text[:-1]) * DURATION_UNITS[text[-1].lower()]
+        return float(text) * DURATION_UNITS[unit]
+    except ValueError:
+        plain = {"s": "seconds", "m": "minutes", "h": "hours"}[unit]
+        raise ConfigError(f"{option} {text!r}: give a duration such as 90s, 60m or 2h, or H:MM:SS (a plain number: "
+                          f"{plain})") from None
+
+
 # flag -> (configuration key, help, argparse keyword arguments)
 FLAGS: dict[str, tuple[str, str, dict]] = {
     "--loss": ("loss.name", "regression loss of the box head and the RPN (l1, l2, smooth_l1, ... "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.engine import config as config_lib
+from detector.engine.cli import parse_duration
 from detector.engine.config import Config, ConfigError
 from detector.engine.rundir import TRAIN_LOG, checkpoints, run_status
 
@@ -255,16 +257,8 @@ def slurm_options(args) -> SlurmOptions:
 
 
 def _minutes(text: str) -> int:
-    """Minutes of "240", "4:00:00" (H:MM:SS), "90m" or "4h"."""
-    try:
-        if text[-1:].lower() in ("m", "h"):
-            return max(1, round(float(text[:-1]) * (60 if text[-1].lower() == "h" else 1)))
-        if ":" in text:
-            hours, minutes, seconds = (int(p) for p in text.split(":"))
-            return max(1, hours * 60 + minutes + (seconds > 0))
-        return max(1, int(text))
-    except ValueError:
-        raise ConfigError(f"--slurm-time {text!r}: give minutes, H:MM:SS, or e.g. 90m or 4h") from None
+    """The --slurm-time option in whole minutes, rounded up, at least 1 (a plain number counts minutes)."""
+    return max(1, math.ceil(parse_duration(text, "--slurm-time", unit="m") / 60))
 
 
 def report_command(argv: list[str]) -> str:

@@ -25,6 +25,7 @@ import torch
 
 from detector.engine import config as config_lib
 from detector.engine.build import build_splits, load_trunk_weights, report_data, resolve_classes
+from detector.engine.cli import parse_duration
 from detector.engine.config import Config, ConfigError
 from detector.engine.outputs import check_folder
 from detector.engine.rundir import FINISHED, TRAIN_LOG, checkpoints, run_status
@@ -58,7 +59,7 @@ def compare_from_args(args: argparse.Namespace, argv: list[str], cfg: Config | N
         base.data.classes = resolve_classes(base.data)  # one list for every cell
         # Every image checked once, before the first cell (the cells find the checks cached).
         report_data(base.data, *build_splits(base.data))
-        budget = parse_duration(args.budget) if args.budget else None
+        budget = budget_seconds(args.budget) if args.budget else None
         if args.launcher != "local":
             if budget is not None:
                 raise ConfigError("--budget schedules cells on this machine; a cluster's queue decides when jobs run "
@@ -81,14 +82,9 @@ def compare_from_args(args: argparse.Namespace, argv: list[str], cfg: Config | N
                         note=note)
 
 
-def parse_duration(text: str) -> float:
-    """Seconds of "90s", "60m", "1.5h" or a plain number of seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    number, unit = (text[:-1], text[-1]) if text and text[-1].lower() in units else (text, "s")
-    try:
-        seconds = float(number) * units[unit.lower()]
-    except ValueError:
-        raise ConfigError(f"--budget {text!r}: give a duration such as 90s, 60m or 2h") from None
+def budget_seconds(text: str) -> float:
+    """The --budget option in seconds (a plain number counts seconds)."""
+    seconds = parse_duration(text, "--budget")
     if seconds <= 0:
         raise ConfigError(f"--budget {text!r}: the budget must be positive")
     return seconds
