@@ -129,3 +129,13 @@ def test_plot_run_script_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = subprocess.run([sys.executable, "scripts/plot_run.py", str(tmp_path)], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert result.returncode == 2 and f"error: {tmp_path}: no metrics.csv (not a run directory)" in result.stderr
+
+
+def test_the_moving_average_is_trailing_and_shorter_at_the_start():
+    import numpy as np
+
+    from detector.engine.figures import moving_average
+
+    # window 2: [1], [1, 2], [2, 3], [3, 4]; window 10 over 3 values: the running mean
+    assert moving_average(np.array([1.0, 2.0, 3.0, 4.0]), window=2).tolist() == [1.0, 1.5, 2.5, 3.5]
+    assert moving_average(np.array([3.0, 1.0, 2.0])).tolist() == [3.0, 2.0, 2.0]

@@ -48,10 +48,11 @@ def _series(rows: list[dict[str, str]], column: str) -> tuple[np.ndarray, np.nda
     return (np.array([p[0] for p in points]), np.array([p[1] for p in points])) if points else (np.zeros(0), np.zeros(0))
 
 
-def _smooth(values: np.ndarray) -> np.ndarray:
-    if len(values) < SMOOTHING:
-        return values
-    return np.convolve(values, np.ones(SMOOTHING) / SMOOTHING, mode="valid")
+def moving_average(values: np.ndarray, window: int = SMOOTHING) -> np.ndarray:
+    """Trailing moving average (shorter at the start), so noisy per-step losses can be compared."""
+    cumulative = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (cumulative[1:] - cumulative[np.arange(1, len(values) + 1) - counts]) / counts
 
 
 def plot_runs(run_dirs: list[Path], path: str | Path) -> Path | None:
@@ -88,7 +89,7 @@ def _draw_run(axes, colour: str, prefix: str, metrics: list[dict[str, str]], gra
         if len(values):
             total = column == "train/loss"
             # One run: a colour per loss term; several: a colour per run, the total drawn thicker.
-            axes[0, 0].plot(steps[len(steps) - len(_smooth(values)):], _smooth(values),
+            axes[0, 0].plot(steps, moving_average(values),
                             color=palette[index % len(palette)] if not prefix else colour,
                             lw=2 if total else 1.0, alpha=1 if total or not prefix else 0.5,
                             label=prefix + column.split("/")[-1] if total or not prefix else None)

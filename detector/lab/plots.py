@@ -20,7 +20,7 @@ from matplotlib import patches, ticker  # noqa: E402
 
 from detector.engine import ConfigError  # noqa: E402
 from detector.engine.drawing import text_colour  # noqa: E402
-from detector.engine.figures import FORMATS, save_figure  # noqa: E402
+from detector.engine.figures import FORMATS, moving_average, save_figure  # noqa: E402
 from detector.engine.outputs import check_new_file, default_location  # noqa: E402
 from detector.engine.rundir import gradient_rows  # noqa: E402
 from detector.model import REGISTRY, build_loss  # noqa: E402
@@ -218,13 +218,6 @@ def _column(rows: list[dict[str, str]], column: str) -> dict[int, float]:
     return {int(r["step"]): float(r[column]) for r in rows if r.get(column) not in (None, "")}
 
 
-def _smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
-    """Trailing moving average (shorter at the start), so noisy per-step losses can be compared."""
-    cumulative = np.cumsum(np.insert(values, 0, 0.0))
-    counts = np.minimum(np.arange(1, len(values) + 1), window)
-    return (cumulative[1:] - cumulative[np.arange(1, len(values) + 1) - counts]) / counts
-
-
 def plot_training_curves(tables: dict[str, list[list[dict[str, str]]]], path: str | Path) -> Path | None:
     """Training loss, box-regression loss (both smoothed) against step, and validation AP at
     each evaluation (markers: there is nothing in between), one style per label:
@@ -242,7 +235,7 @@ def plot_training_curves(tables: dict[str, list[list[dict[str, str]]]], path: st
                 ax.plot(steps, centre, ls="none", color=style["color"], label=_seeds_label(label, len(series)),
                         **_hollow_marker(index))
             else:
-                ax.plot(steps, _smooth(centre), lw=1.5, label=_seeds_label(label, len(series)), **style)
+                ax.plot(steps, moving_average(centre), lw=1.5, label=_seeds_label(label, len(series)), **style)
             drawn = True
     if not drawn:
         plt.close(fig)
