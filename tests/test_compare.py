@@ -103,13 +103,17 @@ def test_matrix_trains_only_unfinished_cells(tmp_path, capsys):
     assert len(trained(runs_dir)) == 4
     assert "4 finished, 0 to train" in capsys.readouterr().out
     # ... a failed one is trained again (its directory replaced: train.py refuses an existing one
-    # without --overwrite) and an interrupted one with a checkpoint resumes.
+    # without --overwrite); an interrupted one with a checkpoint resumes, and so does one that
+    # still says running because its process was killed outright after an epoch's checkpoint.
     (runs_dir / "l1-seed1" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
     (runs_dir / "l1-seed1" / "checkpoints").mkdir()
     (runs_dir / "l1-seed1" / "checkpoints" / "interrupted.ckpt").write_bytes(b"")
+    (runs_dir / "l2-seed1" / "metrics.json").write_text(json.dumps({"status": "running"}))
+    (runs_dir / "l2-seed1" / "checkpoints").mkdir()
+    (runs_dir / "l2-seed1" / "checkpoints" / "last.ckpt").write_bytes(b"")
     (runs_dir / "l2-seed0" / "metrics.json").write_text("{half-writ")
     train_matrix(cells, Config(), runs_dir, jobs=2, train_command=command)
-    assert sorted(trained(runs_dir)[4:]) == ["l1-seed1 resumed", "l2-seed0 overwrite"]
+    assert sorted(trained(runs_dir)[4:]) == ["l1-seed1 resumed", "l2-seed0 overwrite", "l2-seed1 resumed"]
     assert (runs_dir / "l1-seed1" / "train.log").is_file()  # parallel runs log to a file each
     assert sorted(p.name for p in runs_dir.iterdir()) == ["l1-seed0", "l1-seed1", "l2-seed0", "l2-seed1", "trained.txt"]
 

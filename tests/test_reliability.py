@@ -13,6 +13,7 @@ import pytest
 import pytorch_lightning as pl
 
 from detector.engine import config as config_lib
+from detector.engine import rundir
 from detector.engine import training
 from detector.engine.training import train
 from detector.lab.report import load_run
@@ -78,6 +79,49 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     with (run_dir / "metrics.csv").open() as handle:
         steps = [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")]
     with (tmp_path / "runs" / "whole" / "metrics.csv").open() as handle:
+        assert steps == [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+
+
+# A training process that kills itself outright (SIGKILL: what out-of-memory, a lost node or the
+# end of a session does) after the given step, with no chance to record anything.
+KILLED_AT_STEP = """
+import os, signal, sys
+import pytorch_lightning as pl
+from detector.engine import config as config_lib, training
+
+class KillAtStep(pl.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+build = training.build_trainer
+training.build_trainer = lambda cfg, run_dir, callbacks: build(cfg, run_dir, callbacks=[*callbacks, KillAtStep()])
+training.train(config_lib.load(overrides=sys.argv[2:]))
+"""
+
+
+def test_a_run_killed_outright_continues_from_its_last_epoch_and_equals_an_uninterrupted_one(tmp_path):
+    extra = ("train.deterministic=true", "loss.name=smooth_l1", "train.epochs=3")  # 3 steps per epoch
+    whole = train(tiny_config(tmp_path, "whole", *extra))
+    overrides = [*TINY, f"data.root={tmp_path / 'shapes'}", f"train.out_dir={tmp_path / 'runs'}",
+                 "train.run_name=killed", *extra]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP, "5", *overrides], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "killed"
+    assert rundir.run_status(run_dir) == "running" and rundir.continues(run_dir)
+    assert rundir.checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 3  # the end of epoch 1
+    assert [int(row["step"]) for row in rundir.gradient_rows(run_dir)][-1] == 4  # logged past the checkpoint
+
+    resumed = json.loads((train(tiny_config(tmp_path, "killed", *extra), resume=True) / "metrics.json").read_text())
+    reference = json.loads((whole / "metrics.json").read_text())
+    assert resumed["status"] == "completed" and resumed["resumed_from_step"] == 3
+    assert resumed["val"]["stats"] == reference["val"]["stats"]
+    # Steps 3 and 4, trained twice, are in the logs once, with the numbers of the uninterrupted run.
+    assert rundir.gradient_rows(run_dir) == rundir.gradient_rows(whole)
+    with (run_dir / "metrics.csv").open() as handle:
+        steps = [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+    with (whole / "metrics.csv").open() as handle:
         assert steps == [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")]
 
 

@@ -91,6 +91,14 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return [path for path in (run_dir / CHECKPOINTS / INTERRUPTED, run_dir / CHECKPOINTS / LAST) if path.is_file()]
 
 
+def continues(run_dir: Path) -> bool:
+    """Whether the owner of a run (a matrix's cell, a cluster job) should continue it from its
+    newest checkpoint rather than train it again: it was interrupted, or it still says
+    ``running`` because its process was killed outright (SIGKILL, out of memory, a lost node or
+    session), which leaves no chance to record it. A failed run is trained again."""
+    return run_status(run_dir) in ("interrupted", "running") and bool(checkpoints(run_dir))
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A .ckpt file, or a run directory (its best checkpoint, else its last)."""
     path = Path(path)
@@ -167,10 +175,24 @@ def resume_checkpoint(run_dir: Path, record: dict[str, Any] | None) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-def set_metrics_csv_aside(run_dir: Path) -> None:
-    """Before a resumed run's CSV logger opens the folder (``merge_metrics_csv`` puts the rows back)."""
+@rank_zero_only
+def prepare_resume(run_dir: Path, step: int) -> None:
+    """Before a run resumed at ``step`` opens its loggers (rank 0 only): metrics.csv goes aside,
+    since Lightning's CSV logger deletes it (``merge_metrics_csv`` puts its rows back), and
+    gradients.csv loses the rows of the steps trained again (a run killed outright logged steps
+    after its last checkpoint)."""
     if (run_dir / METRICS_CSV).is_file():
         os.replace(run_dir / METRICS_CSV, run_dir / EARLIER_METRICS_CSV)
+    path = run_dir / GRADIENTS_CSV
+    if path.is_file():
+        rows = read_csv_rows(path)
+        kept = [row for row in rows if int(row["step"]) < step]
+        if len(kept) < len(rows):
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=path.read_text().partition("\n")[0].split(","))
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_text(path, buffer.getvalue())
 
 
 def merge_metrics_csv(run_dir: Path, until_step: int) -> None:

@@ -98,8 +98,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
                     f"{image['file_name']}\n" for image in data.val_dataset.coco.dataset["images"]))
         record.save()
         if checkpoint is not None:
-            rundir.set_metrics_csv_aside(run_dir)
             data.resume_global_step = rundir.checkpoint_step(checkpoint)
+            rundir.prepare_resume(run_dir, data.resume_global_step)
             record.fields["resumed_from_step"] = data.resume_global_step
         return fit_and_record(trainer, module, data, record, checkpoint, stop,
                               timings={"data_s": round(data_ready - started, 2), "started": started,

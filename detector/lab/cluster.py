@@ -30,7 +30,7 @@ from typing import Any
 from detector.engine import config as config_lib
 from detector.engine.cli import parse_duration
 from detector.engine.config import Config, ConfigError
-from detector.engine.rundir import TRAIN_LOG, checkpoints, run_status
+from detector.engine.rundir import TRAIN_LOG, continues, run_status
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 # At import submitit gives its logger two console handlers of its own (each message printed twice
@@ -91,7 +91,7 @@ def make_executor(launcher: str, folder: Path, options: SlurmOptions):
 
 class CellJob:
     """A cell's training, as a job runs it: in the job's own process (every task of a DDP cell),
-    resumed from its checkpoint when it was interrupted, trained again when it failed."""
+    resumed from its checkpoint when it was interrupted or killed, trained again when it failed."""
 
     def __init__(self, config: dict[str, Any], run_dir: str):
         self.config, self.run_dir = config, run_dir
@@ -102,7 +102,7 @@ class CellJob:
         cfg = config_lib.from_dict(self.config)
         run_dir = Path(self.run_dir)
         status = run_status(run_dir)
-        if status == "interrupted" and checkpoints(run_dir):
+        if continues(run_dir):
             resumed = config_lib.load(run_dir / "config.yaml", overrides=[f"train.out_dir={run_dir.parent}",
                                                                           f"train.run_name={run_dir.name}"])
             train(resumed, resume=True)

@@ -3,8 +3,9 @@
 ``scripts/compare.py`` plans the matrix here, trains the cells that have no finished run and
 then writes the report (:mod:`detector.lab.report`). A cell is finished when its run directory's
 metrics.json says ``completed`` or ``diverged`` (a diverged run would diverge again: it is a
-result, not a failure to retry). Cells that are missing, running, interrupted or failed are
-trained (again), so an interrupted matrix continues where it stopped. A finished run made with a
+result, not a failure to retry). Cells that are missing or failed are trained (again); an
+interrupted cell, or one left ``running`` by a process killed outright, continues from its
+newest checkpoint, so an interrupted matrix continues where it stopped. A finished run made with a
 different configuration is never silently reused: the cell is rejected, naming the option.
 """
 
@@ -28,7 +29,7 @@ from detector.engine.build import build_splits, load_trunk_weights, report_data,
 from detector.engine.cli import parse_duration
 from detector.engine.config import Config, ConfigError
 from detector.engine.outputs import check_folder
-from detector.engine.rundir import FINISHED, TRAIN_LOG, checkpoints, run_status
+from detector.engine.rundir import FINISHED, TRAIN_LOG, continues, run_status
 from detector.engine.trainers import resolve_precision
 from detector.lab.cluster import report_command, slurm_options, submit_cells
 from detector.lab.report import write_report
@@ -286,8 +287,8 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     command = [*train_command, "--config", str(config_path)]
-    if run_status(run_dir) == "interrupted" and checkpoints(run_dir):
-        command = [*train_command, "--resume", str(run_dir)]  # continue where it was stopped
+    if continues(run_dir):
+        command = [*train_command, "--resume", str(run_dir)]  # continue where it was stopped or killed
     elif run_status(run_dir) != "missing":
         command.append("--overwrite")  # a failed cell, or one stopped before its first checkpoint: trained again
     log_path = run_dir.parent / f"{run_dir.name}.log"
