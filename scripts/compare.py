@@ -15,6 +15,7 @@ rerunning it on a finished matrix only rewrites the report. Each run is a separa
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -92,7 +93,10 @@ def main() -> int:
         args.out = args.out or str(Path(args.runs_dir, "report"))
     from detector.lab.compare import compare_from_args
 
-    print(f"report: {compare_from_args(args, sys.argv[1:], cfg)}")
+    report = compare_from_args(args, sys.argv[1:], cfg)
+    print(f"report: {report}")
+    if not args.no_wait:  # with it, the cluster's jobs are still queued and no report is written yet
+        print(f"verdict: {json.loads((report.parent / 'results.json').read_text())['verdict']}")
     return 0
 
 

@@ -143,6 +143,10 @@ def test_compare_script_trains_then_reports_without_retraining(tmp_path):
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "1 finished, 0 to train" in second.stdout
+    # One loss has nothing to be compared with; the report's verdict says so, and the console too.
+    assert second.stdout.rstrip().endswith("verdict: No loss could be compared with smooth_l1 on AP: the comparison "
+                                           "needs smooth_l1 and another loss with at least two completed seeds in "
+                                           "common.")
     assert metrics.stat().st_mtime_ns == stamp  # nothing was trained again
     report = (tmp_path / "report" / "report.md").read_text()
     ap = json.loads(metrics.read_text())["val"]["stats"]["AP"]

@@ -305,6 +305,10 @@ def test_the_verdict_names_a_clear_winner_after_holms_adjustment(tmp_path):
     assert "**Use giou**: AP +0.031 [+0.029, +0.032] over smooth_l1, Holm-adjusted p < 0.001 (2 losses compared" \
         in verdict
     assert "- l2: AP -0.008" in verdict
+    # The same sentence, without the Markdown, is what compare.py prints at the end.
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["verdict"] == (
+        "Use giou: AP +0.031 [+0.029, +0.032] over smooth_l1, Holm-adjusted p < 0.001 (2 losses compared with "
+        "smooth_l1, 3 seeds, AP).")
 
 
 def test_a_winner_on_ap90_only_is_the_verdict_only_when_ap90_is_the_primary_metric(tmp_path):

@@ -49,7 +49,7 @@ from detector.lab.stats import (
     paired_trend,
     t_quantile,
 )
-from detector.lab.verdict import verdict
+from detector.lab.verdict import recommendation, verdict
 from detector.model import build_loss
 
 logger = logging.getLogger(__name__)
@@ -502,6 +502,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
     atomic_write_json(out_dir / "results.json", {
         "command": command,
         "baseline": baseline,
+        "verdict": recommendation(summary, baseline=baseline, metric=metric).replace("**", ""),
         "summary": [_jsonable(row) for row in summary],
         "runs": [{k: v for k, v in r.items() if k not in ("path", "data")} for r in rows],
     })

@@ -23,28 +23,11 @@ def verdict(summary: list[dict[str, Any]], *, baseline: str, metric: str, gradie
     """The section "What to use on this dataset" from the summary rows of the report's cleanest
     conditions (the lowest noise level). ``gradient_evidence``: condition label -> a sentence
     from its runs' gradients; ``note``: said first (e.g. that a time budget cut the matrix short)."""
-    lowest = min((row["noise"] for row in summary), default=0.0)
-    family = [row for row in summary if row["noise"] == lowest and row.get(f"d{metric}") is not None
-              and row[f"d{metric}"].low is not None]
-    adjusted = holm({row["condition"]: row[f"d{metric}"].p for row in family})
-    better = [row for row in family if row[f"d{metric}"].mean > 0 and adjusted[row["condition"]] < ALPHA]
-    lines = ["## What to use on this dataset"]
-    if note:
-        lines.append(note)
+    family, adjusted = _family(summary, metric)
+    lines = ["## What to use on this dataset", *([note] if note else []),
+             recommendation(summary, baseline=baseline, metric=metric)]
     if not family:
-        lines.append(f"No loss could be compared with {baseline} on {metric}: the comparison needs {baseline} and "
-                     f"another loss with at least two completed seeds in common.")
         return "\n\n".join(lines)
-    pairs = max(row[f"d{metric}"].pairs for row in family)
-    scope = f"{len(family)} loss{'es' if len(family) > 1 else ''} compared with {baseline}, {pairs} seeds, {metric}"
-    if better:
-        best = max(better, key=lambda row: row[f"d{metric}"].mean)
-        d = best[f"d{metric}"]
-        lines.append(f"**Use {best['condition']}**: {metric} {d.mean:+.3f} {interval_text(d.low, d.high)} over "
-                     f"{baseline}, Holm-adjusted p {p_text(adjusted[best['condition']])} ({scope}).")
-    else:
-        lines.append(f"**Use {baseline}** (the baseline): no loss is better on {metric} with a Holm-adjusted p below "
-                     f"{ALPHA:g} ({scope}).")
     bullets = []
     for row in family:
         d = row[f"d{metric}"]
@@ -59,6 +42,34 @@ def verdict(summary: list[dict[str, Any]], *, baseline: str, metric: str, gradie
     lines.append("\n".join(bullets))
     lines += [_other_metrics(family, metric, baseline)] if _other_metrics(family, metric, baseline) else []
     return "\n\n".join(lines)
+
+
+def recommendation(summary: list[dict[str, Any]], *, baseline: str, metric: str) -> str:
+    """The verdict's first sentence (Markdown): the loss to use and the comparison it rests on,
+    also what scripts/compare.py prints at the end."""
+    family, adjusted = _family(summary, metric)
+    if not family:
+        return (f"No loss could be compared with {baseline} on {metric}: the comparison needs {baseline} and "
+                f"another loss with at least two completed seeds in common.")
+    pairs = max(row[f"d{metric}"].pairs for row in family)
+    scope = f"{len(family)} loss{'es' if len(family) > 1 else ''} compared with {baseline}, {pairs} seeds, {metric}"
+    better = [row for row in family if row[f"d{metric}"].mean > 0 and adjusted[row["condition"]] < ALPHA]
+    if not better:
+        return (f"**Use {baseline}** (the baseline): no loss is better on {metric} with a Holm-adjusted p below "
+                f"{ALPHA:g} ({scope}).")
+    best = max(better, key=lambda row: row[f"d{metric}"].mean)
+    d = best[f"d{metric}"]
+    return (f"**Use {best['condition']}**: {metric} {d.mean:+.3f} {interval_text(d.low, d.high)} over "
+            f"{baseline}, Holm-adjusted p {p_text(adjusted[best['condition']])} ({scope}).")
+
+
+def _family(summary: list[dict[str, Any]], metric: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The compared rows (the lowest noise level's, with an interval on ``metric``) and their
+    Holm-adjusted p-values."""
+    lowest = min((row["noise"] for row in summary), default=0.0)
+    family = [row for row in summary if row["noise"] == lowest and row.get(f"d{metric}") is not None
+              and row[f"d{metric}"].low is not None]
+    return family, holm({row["condition"]: row[f"d{metric}"].p for row in family})
 
 
 def _resolution(sd: float, pairs: int, family_size: int, metric: str) -> str:
