@@ -88,6 +88,23 @@ def test_finished_run_with_another_configuration_is_rejected(tmp_path):
         check_reusable(wanted, run_dir)
 
 
+def test_a_data_root_given_relative_or_absolute_is_the_same_dataset(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run_dir = tmp_path / "l1-seed0"
+    run_dir.mkdir()
+
+    def cell(root):
+        return cell_config(config_lib.load(overrides=["data.name=shapes", f"data.root={root}"]), Cell("l1", 0, 0.0),
+                           tmp_path)
+
+    config_lib.save(cell(tmp_path / "photos"), run_dir / "config.yaml")
+    assert config_differences(cell("../photos"), run_dir) == []
+    other = cell("photos")
+    assert config_differences(other, run_dir) == [f"data.root: '{tmp_path / 'photos'}' != 'photos'"]
+
+
 def test_matrix_trains_only_unfinished_cells(tmp_path, capsys):
     runs_dir = tmp_path / "runs"
     command = [sys.executable, "-c", FAKE_TRAIN]
@@ -262,7 +279,7 @@ def test_budget_durations_parse():
         budget_seconds("0m")
 
 
-def test_compare_with_a_data_root_alone_plans_the_default_matrix_beside_its_name(tmp_path, monkeypatch):
+def test_compare_with_a_data_root_alone_plans_the_default_matrix_beside_its_name(tmp_path, monkeypatch, capsys):
     import runpy
 
     from exports import write_voc_folder
@@ -271,11 +288,19 @@ def test_compare_with_a_data_root_alone_plans_the_default_matrix_beside_its_name
 
     root = write_voc_folder(tmp_path / "my_photos")
     seen = {}
-    monkeypatch.setattr(lab_compare, "compare_from_args", lambda args, argv, cfg: seen.update(args=args, cfg=cfg)
-                        or Path(args.out) / "report.md")
+
+    def compare_from_args(args, argv, cfg):  # what it was asked to do, and a report of nothing
+        seen.update(args=args, cfg=cfg)
+        Path(args.out).mkdir(parents=True)
+        (Path(args.out) / "results.json").write_text(json.dumps({"verdict": "Use smooth_l1 (a test's verdict)."}))
+        return Path(args.out) / "report.md"
+
+    monkeypatch.setattr(lab_compare, "compare_from_args", compare_from_args)
     monkeypatch.setattr(sys, "argv", ["compare.py", "--data-root", str(root)])
     monkeypatch.chdir(tmp_path)
     assert runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "compare.py"))["main"]() == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        f"report: {Path('runs', 'compare', 'my_photos', 'report', 'report.md')}", "verdict: Use smooth_l1 (a test's verdict)."]
     args = seen["args"]
     assert [c.name for c in plan(args.losses, args.seeds, args.noise)] == [
         f"{loss}-seed{seed}" for seed in (0, 1, 2) for loss in ("smooth_l1", "l1", "l2", "balanced_l1", "giou")]

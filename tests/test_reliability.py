@@ -13,8 +13,7 @@ import pytest
 import pytorch_lightning as pl
 
 from detector.engine import config as config_lib
-from detector.engine import rundir
-from detector.engine import training
+from detector.engine import rundir, training
 from detector.engine.training import train
 from detector.lab.report import load_run
 

@@ -44,6 +44,8 @@ class Roles:
     choices: the valid values, when there is a fixed set.
     readers: the datasets (data.name) that read it; None: every one.
     dataset: it says which images a run is trained and scored on (a report compares one dataset).
+    path: a file or folder, relative to the working directory; compare matches it by the place it
+        names, so ``../data/x`` from one folder and ``/home/me/data/x`` are the same.
     """
 
     result: bool = True
@@ -52,6 +54,7 @@ class Roles:
     choices: tuple[Any, ...] | None = None
     readers: tuple[str, ...] | None = None
     dataset: bool = False
+    path: bool = False
 
     def __post_init__(self):
         if self.condition is None:
@@ -80,7 +83,7 @@ class DataConfig:
     # shapes: where the generated dataset lives; coco: the folder holding annotations/ and
     # the image folders; voc: the VOC year folder (holding JPEGImages/, Annotations/, ImageSets/);
     # yolo: the folder holding images/ and labels/ (or <split>/images/) and data.yaml
-    root: str = option("data/shapes", **_DATA)
+    root: str = option("data/shapes", path=True, **_DATA)
     train_split: str = option("train", **_DATA)  # coco: train2017; voc: trainval
     val_split: str = option("val", **_DATA)  # coco: val2017; voc: test or val
     # coco / voc: class names in label order (labels 1..K). Empty: found before training in the
@@ -141,7 +144,7 @@ class ModelConfig:
     # Empty: random init. With weights, batch norm in the trunk is frozen and only the last
     # trainable_layers stages of (layer4, layer3, layer2, layer1, conv1) train, as torchvision's
     # trainable_backbone_layers (this trunk has no layer4: 1 trains none of it, 5 all of it).
-    weights: str | None = option(None)
+    weights: str | None = option(None, path=True)  # a name resolves to itself under the working directory
     trainable_layers: int = option(3)
     # Width of the merged stride-8 map. The RoI head's cost (RoIAlign output, first FC layer)
     # scales with it; 64 is enough for the shapes preset and keeps a CPU step cheap.

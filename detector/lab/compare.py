@@ -39,6 +39,8 @@ TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 # Options that change only how or where a run executes (their declared roles): a finished run
 # that differs in them is reused.
 IGNORED_IN_MATCH = config_lib.options_where(lambda roles: not roles.result)
+# Files and folders: matched by the place they name (a relative path from the working directory).
+PATH_OPTIONS = config_lib.options_where(lambda roles: roles.path)
 
 
 def compare_from_args(args: argparse.Namespace, argv: list[str], cfg: Config | None = None) -> Path:
@@ -142,7 +144,11 @@ def config_differences(wanted: Config, run_dir: str | Path) -> list[str]:
     for key, value in config_lib.flatten(wanted).items():
         if key in IGNORED_IN_MATCH:
             continue
-        if theirs[key] != value:
+        if key in PATH_OPTIONS and None not in (theirs[key], value):
+            same = Path(theirs[key]).resolve() == Path(value).resolve()
+        else:
+            same = theirs[key] == value
+        if not same:
             differences.append(f"{key}: {theirs[key]!r} != {value!r}")
     return differences
 
