@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import runpy
 import shutil
@@ -310,7 +311,7 @@ def test_a_tracker_without_its_package_is_one_clear_error(monkeypatch, tracker):
         config_lib.load(overrides=[f"train.logger={tracker}"])
 
 
-def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):
+def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path, caplog):
     """A VOC-layout copy of a tiny shapes set (shape classes renamed to VOC classes) trains,
     records AP50 by the VOC rule, and the report shows it."""
     from PIL import Image
@@ -341,14 +342,25 @@ def test_voc_run_reports_voc_ap50_next_to_coco_ap(tmp_path):
                 f"{objects}</annotation>")
             with open(root / "ImageSets" / "Main" / f"{split}.txt", "a") as handle:
                 handle.write(stem + "\n")
+    # A box of zero width, as BCCD has one: training says so once, the report's example figure not again.
+    xml = sorted((root / "Annotations").glob("val*.xml"))[0]
+    xml.write_text(xml.read_text().replace("</annotation>", f"<object><name>{VOC_CLASSES[0]}</name><bndbox><xmin>5"
+                                           "</xmin><ymin>5</ymin><xmax>5</xmax><ymax>9</ymax></bndbox></object>"
+                                           "</annotation>"))
     cfg = config_lib.load(overrides=TINY_SHAPES + [
         "data.name=voc", f"data.root={root}", "data.train_split=train", "data.val_split=val",
         f"train.out_dir={tmp_path}", "train.run_name=voc", "train.epochs=1"])
-    run_dir = train(cfg)
+    with caplog.at_level(logging.WARNING):
+        run_dir = train(cfg)
+    assert [r.message for r in caplog.records].count(
+        f"{root / 'ImageSets' / 'Main' / 'val.txt'}: left 1 boxes with zero or negative width or height (after "
+        f"clipping to the image) out of the targets, in {xml.stem}.jpg; the ground truth keeps them") == 1
     val = json.loads((run_dir / "metrics.json").read_text())["val"]
     assert 0.0 <= val["voc_ap50"] <= 1.0 and val["stats"]["AP50"] >= 0.0
+    caplog.clear()
     report = write_report([run_dir], tmp_path / "report", "cmd").read_text()
     assert "VOC_AP50" in report and f"{val['voc_ap50']:.3f}" in report
+    assert "examples.png" in report and not [r for r in caplog.records if r.name.startswith("detector.data")]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")

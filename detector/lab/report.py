@@ -688,7 +688,14 @@ def write_examples(conditions: list[Condition], path: Path) -> str | None:
         data_cfg = from_dict(json.loads((Path(runs[0][1]["path"]) / "metrics.json").read_text())["config"]).data
         # Every image at its stored size, where the boxes of detections_val.json lie.
         data_cfg.max_val_images = data_cfg.min_size = data_cfg.max_size = None
-        dataset = build_dataset(data_cfg, data_cfg.val_split, train=False)
+        # The runs' logs and the pre-flight said what the data holds; read again, it says nothing.
+        data_logger = logging.getLogger("detector.data")
+        level = data_logger.level
+        data_logger.setLevel(logging.ERROR)
+        try:
+            dataset = build_dataset(data_cfg, data_cfg.val_split, train=False)
+        finally:
+            data_logger.setLevel(level)
     except Exception as exc:  # noqa: BLE001 - any reason the data cannot be read only drops the figure
         logger.warning("example images left out of the report: the validation data cannot be read (%s)", exc)
         return None
