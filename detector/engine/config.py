@@ -144,7 +144,7 @@ class ModelConfig:
     # Empty: random init. With weights, batch norm in the trunk is frozen and only the last
     # trainable_layers stages of (layer4, layer3, layer2, layer1, conv1) train, as torchvision's
     # trainable_backbone_layers (this trunk has no layer4: 1 trains none of it, 5 all of it).
-    weights: str | None = option(None, path=True)  # a name resolves to itself under the working directory
+    weights: str | None = option(None, path=True)  # compared as a path: two equal names compare equal too
     trainable_layers: int = option(3)
     # Width of the merged stride-8 map. The RoI head's cost (RoIAlign output, first FC layer)
     # scales with it; 64 is enough for the shapes preset and keeps a CPU step cheap.
