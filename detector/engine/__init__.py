@@ -14,6 +14,7 @@ _EXPORTS = {
     "Config": ("detector.engine.config", "Config"),
     "ConfigError": ("detector.engine.errors", "ConfigError"),
     "atomic_path": ("detector.engine.io", "atomic_path"),
+    "atomic_write_csv": ("detector.engine.io", "atomic_write_csv"),
     "atomic_write_json": ("detector.engine.io", "atomic_write_json"),
     "atomic_write_text": ("detector.engine.io", "atomic_write_text"),
     "build_dataset": ("detector.engine.build", "build_dataset"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import tempfile
@@ -39,6 +40,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str], *,
+                     extrasaction: str = "raise") -> None:
+    """``rows`` under a header of ``columns`` (``extrasaction`` as csv.DictWriter's: "ignore"
+    leaves out the keys that are not columns)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction=extrasaction)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def read_csv_rows(path: str | Path) -> list[dict[str, str]]:

@@ -20,8 +20,6 @@ replaced when it is a run directory; a folder that is not one is never touched.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -35,7 +33,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from detector.engine.config import Config, ConfigError
-from detector.engine.io import atomic_write_json, atomic_write_text, read_csv_rows
+from detector.engine.io import atomic_write_csv, atomic_write_json, read_csv_rows
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +186,7 @@ def prepare_resume(run_dir: Path, step: int) -> None:
         rows = read_csv_rows(path)
         kept = [row for row in rows if int(row["step"]) < step]
         if len(kept) < len(rows):
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=path.read_text().partition("\n")[0].split(","))
-            writer.writeheader()
-            writer.writerows(kept)
-            atomic_write_text(path, buffer.getvalue())
+            atomic_write_csv(path, kept, list(rows[0]))  # a row's keys are the header, in its order
 
 
 def merge_metrics_csv(run_dir: Path, until_step: int) -> None:
@@ -202,12 +196,7 @@ def merge_metrics_csv(run_dir: Path, until_step: int) -> None:
         return
     earlier = [row for row in read_csv_rows(earlier_path) if row.get("step") and int(row["step"]) < until_step]
     later = read_csv_rows(path)
-    columns = sorted(set().union(*(row.keys() for row in earlier + later)))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(earlier + later)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, earlier + later, sorted(set().union(*(row.keys() for row in earlier + later))))
     earlier_path.unlink()
 
 

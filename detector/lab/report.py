@@ -12,9 +12,7 @@ per-seed differences, so seed-to-seed variation that both losses share cancels o
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -23,7 +21,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-from detector.engine import atomic_write_json, atomic_write_text, build_dataset, read_csv_rows
+from detector.engine import atomic_write_csv, atomic_write_json, atomic_write_text, build_dataset, read_csv_rows
 from detector.engine import config as config_lib
 from detector.engine.config import Config, ConfigError, DataConfig, from_dict
 from detector.engine.drawing import class_colour
@@ -493,12 +491,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, command: str, 
     sections += ["## Every run", run_table(rows, with_voc)]
     atomic_write_text(out_dir / "report.md", "\n\n".join(sections) + "\n")
 
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(RUN_COLUMNS) + ["diverged_at_step", "divergence", "total_s", "path"],
-                            extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out_dir / "results.csv", buffer.getvalue())
+    atomic_write_csv(out_dir / "results.csv", rows,
+                     list(RUN_COLUMNS) + ["diverged_at_step", "divergence", "total_s", "path"], extrasaction="ignore")
     atomic_write_json(out_dir / "results.json", {
         "command": command,
         "baseline": baseline,
