@@ -25,7 +25,7 @@ def verdict(summary: list[dict[str, Any]], *, baseline: str, metric: str, gradie
     from its runs' gradients; ``note``: said first (e.g. that a time budget cut the matrix short)."""
     family, adjusted = _family(summary, metric)
     lines = ["## What to use on this dataset", *([note] if note else []),
-             recommendation(summary, baseline=baseline, metric=metric)]
+             _recommendation(family, adjusted, baseline, metric)]
     if not family:
         return "\n\n".join(lines)
     bullets = []
@@ -37,17 +37,22 @@ def verdict(summary: list[dict[str, Any]], *, baseline: str, metric: str, gradie
             text += " " + _resolution(d.sd, d.pairs, len(family), metric)
         evidence = gradient_evidence.get(row["condition"])
         bullets.append(text + (f" {evidence}" if evidence else ""))
-    if gradient_evidence.get(_baseline_label(summary, family)):
-        bullets.append(f"- {baseline}: {gradient_evidence[_baseline_label(summary, family)]}")
+    baseline_evidence = gradient_evidence.get(_baseline_label(summary, family))
+    if baseline_evidence:
+        bullets.append(f"- {baseline}: {baseline_evidence}")
     lines.append("\n".join(bullets))
-    lines += [_other_metrics(family, metric, baseline)] if _other_metrics(family, metric, baseline) else []
+    other_metrics = _other_metrics(family, metric, baseline)
+    lines += [other_metrics] if other_metrics else []
     return "\n\n".join(lines)
 
 
 def recommendation(summary: list[dict[str, Any]], *, baseline: str, metric: str) -> str:
     """The verdict's first sentence (Markdown): the loss to use and the comparison it rests on,
     also what scripts/compare.py prints at the end."""
-    family, adjusted = _family(summary, metric)
+    return _recommendation(*_family(summary, metric), baseline, metric)
+
+
+def _recommendation(family: list[dict[str, Any]], adjusted: dict[str, float], baseline: str, metric: str) -> str:
     if not family:
         return (f"No loss could be compared with {baseline} on {metric}: the comparison needs {baseline} and "
                 f"another loss with at least two completed seeds in common.")
