@@ -220,6 +220,10 @@ def test_options_in_which_runs_differ_make_conditions_and_the_baseline_is_the_de
     assert [r["dAP"] and round(r["dAP"].mean, 3) for r in summary] == [-0.095, -0.045, None, 0.02]
     beta_baseline = summarise(group_runs([load_run(r) for r in runs]), baseline="smooth_l1(beta=0.5)")
     assert round(beta_baseline[2]["dAP"].mean, 3) == -0.02
+    # clipping on and off is no numeric sweep: the report has no figure against grad_clip
+    report = write_report(runs, tmp_path / "report", "cmd").read_text()
+    assert "| l2, grad_clip=5.0 | 2/2 |" in report and "against train.grad_clip" not in report
+    assert not (tmp_path / "report" / "metric_vs_option.png").exists()
 
 
 def test_the_report_names_the_code_versions_and_warns_when_they_differ(tmp_path, caplog):

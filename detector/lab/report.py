@@ -568,10 +568,16 @@ NEAR_BEST = 0.05
 
 def numeric_axis(conditions: list[Condition]) -> str | None:
     """The one numeric option besides the loss's own in which the conditions differ (e.g.
-    train.lr of a learning-rate sweep), or None."""
+    train.lr of a learning-rate sweep), or None. An option that is off by default (None, as
+    train.grad_clip) is no axis: the conditions without it have no place on one."""
+    defaults = config_lib.flatten(Config())
     keys = {key for c in conditions for key, value in c.options
-            if not key.startswith("loss.") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+            if not key.startswith("loss.") and _is_number(value) and _is_number(defaults[key])}
     return next(iter(keys)) if len(keys) == 1 else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def axis_section(conditions: list[Condition], axis: str, metric: str, path: Path, figure_line: str) -> list[str]:
