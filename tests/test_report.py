@@ -6,7 +6,7 @@ import json
 import pytest
 
 from detector.engine.config import ConfigError
-from detector.lab.report import Condition, group_runs, load_run, run_table, summarise, write_report
+from detector.lab.report import Condition, _noise_points, group_runs, load_run, run_table, summarise, write_report
 from detector.lab.stats import paired_difference
 
 
@@ -224,6 +224,30 @@ def test_options_in_which_runs_differ_make_conditions_and_the_baseline_is_the_de
     report = write_report(runs, tmp_path / "report", "cmd").read_text()
     assert "| l2, grad_clip=5.0 | 2/2 |" in report and "against train.grad_clip" not in report
     assert not (tmp_path / "report" / "metric_vs_option.png").exists()
+
+
+def test_a_curve_over_the_noise_levels_joins_only_its_own_condition(tmp_path):
+    """The clipping control's noise plot: clipped and plain L2 are two curves, not one line
+    zigzagging between them; the noise trend is tested for each."""
+    ap = {  # (loss, clipped) -> noise level -> AP of seeds 0 and 1
+        ("l2", False): {0.0: (0.70, 0.71), 0.2: (0.60, 0.62)},
+        ("l2", True): {0.0: (0.72, 0.73), 0.2: (0.66, 0.66)},
+        ("smooth_l1", False): {0.0: (0.75, 0.76), 0.2: (0.75, 0.76)}}
+    runs = []
+    for (loss, clipped), levels in ap.items():
+        for noise, per_seed in levels.items():
+            for seed, value in enumerate(per_seed):
+                runs.append(make_run(tmp_path, f"{loss}{'-clip' * clipped}-noise{noise}-seed{seed}", loss, value,
+                                     seed=seed, noise=noise, train={"grad_clip": 5.0} if clipped else None))
+    points = _noise_points(group_runs([load_run(r) for r in runs]))
+    assert sorted(points) == ["l2", "l2, grad_clip=5.0", "smooth_l1 (beta=0.1111)"]
+    assert points["l2"]["AP"] == [(0.0, [0.70, 0.71]), (0.2, [0.60, 0.62])]
+    assert points["l2, grad_clip=5.0"]["AP"] == [(0.0, [0.72, 0.73]), (0.2, [0.66, 0.66])]
+    report = write_report(runs, tmp_path / "report", "cmd").read_text()
+    # gaps to smooth_l1 per seed, P = 0 -> 0.2: plain -0.05 -> -0.15 and -0.05 -> -0.14 (slopes -0.05 and -0.045
+    # per 0.1 of noise, mean -0.0475); clipped -0.03 -> -0.09 and -0.03 -> -0.10 (-0.03, -0.035; mean -0.0325)
+    trend = report[report.index("Does the gap to the baseline grow"):]
+    assert "| l2 | -0.0475 [" in trend and "| l2, grad_clip=5.0 | -0.0325 [" in trend
 
 
 def test_the_report_names_the_code_versions_and_warns_when_they_differ(tmp_path, caplog):

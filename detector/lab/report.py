@@ -146,8 +146,14 @@ class Condition:
 
     @property
     def label(self) -> str:
-        parts = [self.loss, *(f"{key.split('.')[-1]}={value}" for key, value in self.options)]
-        return ", ".join(parts + ([f"noise {self.noise:g}"] if self.noise else []))
+        return self.name()
+
+    def name(self, *, noise: bool = True, without: str | None = None) -> str:
+        """The loss, the options in which the condition differs (but ``without``, the axis of a
+        sweep) and, with ``noise``, its noise level: a curve over noise levels or along an
+        axis is named without its own coordinate, so that it joins only its own points."""
+        parts = [self.loss, *(f"{key.split('.')[-1]}={value}" for key, value in self.options if key != without)]
+        return ", ".join(parts + ([f"noise {self.noise:g}"] if noise and self.noise else []))
 
     def values(self, metric: str) -> dict[int, float]:
         """seed -> metric over the completed runs that report it (a missing value left out)."""
@@ -588,7 +594,7 @@ def axis_section(conditions: list[Condition], axis: str, metric: str, path: Path
     curves: dict[str, list[tuple[float, list[float], list[int]]]] = {}
     for condition in conditions:
         value = dict(condition.options).get(axis, default)
-        name = condition.loss + (f", noise {condition.noise:g}" if condition.noise else "")
+        name = condition.name(without=axis)
         diverged = [r["diverged_at_step"] for r in condition.runs if r["status"] == "diverged"]
         curves.setdefault(name, []).append((float(value), list(condition.values(metric).values()), diverged))
     plot_metric_vs_option(curves, axis, metric, path)
@@ -621,12 +627,11 @@ def noise_trend_section(conditions: list[Condition], baseline: str, metric: str)
     """The noise sweep's test: for each loss, the slope of its paired Δmetric against the
     baseline as the noise level grows, seeds as blocks (stats.paired_trend), Holm over the losses."""
     trends = {}
-    for label in dict.fromkeys(c.loss + "".join(f", {k.split('.')[-1]}={v}" for k, v in c.options) for c in conditions):
+    for label in dict.fromkeys(c.name(noise=False) for c in conditions):
         per_level: dict[float, dict[int, float]] = {}
         for condition in conditions:
-            name = condition.loss + "".join(f", {k.split('.')[-1]}={v}" for k, v in condition.options)
             base = find_baseline(conditions, baseline, condition)
-            if name != label or base is None:
+            if condition.name(noise=False) != label or base is None:
                 continue
             values, reference = condition.values(metric), base.values(metric)
             per_level[condition.noise] = {s: values[s] - reference[s] for s in set(values) & set(reference)}
@@ -650,12 +655,13 @@ def noise_trend_section(conditions: list[Condition], baseline: str, metric: str)
 
 
 def _noise_points(conditions: list[Condition]) -> dict[str, dict[str, list[tuple[float, list[float]]]]]:
-    """loss -> metric -> [(noise level, the level's values over seeds)], for the noise plot."""
+    """curve (a loss with its options) -> metric -> [(noise level, the level's values over seeds)],
+    for the noise plot."""
     points: dict[str, dict[str, list[tuple[float, list[float]]]]] = {}
     for condition in conditions:
         for metric in ("AP", "AP90"):
             values = list(condition.values(metric).values())
-            points.setdefault(condition.loss, {}).setdefault(metric, []).append((condition.noise, values))
+            points.setdefault(condition.name(noise=False), {}).setdefault(metric, []).append((condition.noise, values))
     return points
 
 
