@@ -626,12 +626,15 @@ def axis_section(conditions: list[Condition], axis: str, metric: str, path: Path
 def noise_trend_section(conditions: list[Condition], baseline: str, metric: str) -> list[str]:
     """The noise sweep's test: for each loss, the slope of its paired Δmetric against the
     baseline as the noise level grows, seeds as blocks (stats.paired_trend), Holm over the losses."""
+    curves: dict[str, list[Condition]] = {}
+    for condition in conditions:
+        curves.setdefault(condition.name(noise=False), []).append(condition)
     trends = {}
-    for label in dict.fromkeys(c.name(noise=False) for c in conditions):
+    for label, levels in curves.items():
         per_level: dict[float, dict[int, float]] = {}
-        for condition in conditions:
+        for condition in levels:
             base = find_baseline(conditions, baseline, condition)
-            if condition.name(noise=False) != label or base is None:
+            if base is None:
                 continue
             values, reference = condition.values(metric), base.values(metric)
             per_level[condition.noise] = {s: values[s] - reference[s] for s in set(values) & set(reference)}
