@@ -91,9 +91,13 @@ def main() -> int:
         data_root = Path(getattr(args, "data__root", None) or cfg.data.root).resolve()
         args.runs_dir = args.runs_dir or str(Path("runs", "compare", data_root.name))
         args.out = args.out or str(Path(args.runs_dir, "report"))
-    from detector.lab.compare import compare_from_args
+    from detector.lab.compare import MatrixStopped, compare_from_args
 
-    report = compare_from_args(args, sys.argv[1:], cfg)
+    try:
+        report = compare_from_args(args, sys.argv[1:], cfg)
+    except MatrixStopped as stopped:
+        print(stopped, file=sys.stderr)
+        return stopped.exit_status
     print(f"report: {report}")
     if not args.no_wait:  # with it, the cluster's jobs are still queued and no report is written yet
         print(f"verdict: {json.loads((report.parent / 'results.json').read_text())['verdict']}")

@@ -87,7 +87,18 @@ def test_a_killed_job_is_resubmitted_and_resumed_from_its_checkpoint(tmp_path, c
     print(f"killed at step {stopped['steps']}, resumed from {resumed['resumed_from_step']} to {resumed['steps']}")
 
 
-def test_slurm_options_become_the_jobs_sbatch_parameters(tmp_path):
+def _fake_slurm_commands(tmp_path, monkeypatch):
+    """sbatch and srun that do nothing, first on PATH: the submission script is written without a cluster."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in ("sbatch", "srun"):
+        (bin_dir / command).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / command).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_slurm_options_become_the_jobs_sbatch_parameters(tmp_path, monkeypatch):
+    _fake_slurm_commands(tmp_path, monkeypatch)
     options = SlurmOptions(partition="gpu", gpus_per_cell=4, nodes_per_cell=2, time_min=90, mem="64G", account="lab",
                            qos="high", extra={"constraint": "a100"})
     executor = make_executor("slurm", tmp_path / "%j", options)
@@ -99,6 +110,20 @@ def test_slurm_options_become_the_jobs_sbatch_parameters(tmp_path):
     cfg = options.cell_config(config_lib.load())
     assert (cfg.train.accelerator, cfg.train.devices, cfg.train.num_nodes, cfg.train.strategy) == ("gpu", 4, 2, "ddp")
     assert (_minutes("90m"), _minutes("4h"), _minutes("1:30:00"), _minutes("45")) == (90, 240, 90, 45)
+
+
+def test_the_slurm_launcher_without_slurm_here_is_one_line_before_anything_is_read(tmp_path):
+    bin_dir = tmp_path / "bin"  # an empty PATH: no sbatch, no srun
+    bin_dir.mkdir()
+    result = subprocess.run([sys.executable, "scripts/compare.py", "--launcher", "slurm", "--losses", "l1",
+                             "--data", "shapes", "--data-root", str(tmp_path / "shapes"), "--runs-dir", str(tmp_path / "runs")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": str(bin_dir)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --launcher slurm submits through SLURM's sbatch and srun, and sbatch and srun are not on PATH here: "
+        "run the command on the cluster's login node, or --launcher submitit-local to try the matrix's jobs on this "
+        "machine")
+    assert "Traceback" not in result.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["bin"]  # nothing made
 
 
 @pytest.mark.skipif(not _slurm_is_up(), reason="needs a running SLURM (.ci/slurm.sh starts a one-node one)")

@@ -1,8 +1,11 @@
 """The comparison matrix: planning, reuse of finished runs, resumption, the real script."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,6 +175,56 @@ def test_compare_script_trains_then_reports_without_retraining(tmp_path):
     third = subprocess.run(args[:-1] + ["train.lr=0.01", f"data.root={tmp_path / 'shapes'}"],
                            capture_output=True, text=True, timeout=600)
     assert third.returncode == 2 and "train.lr: 0.003 != 0.01" in third.stderr
+
+
+def _processes_naming(text: str) -> list[str]:
+    """The command lines of the live processes that contain ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended while being read
+            continue
+        if text in line:
+            found.append(line)
+    return found
+
+
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["kill-of-compare-alone", "ctrl-c-to-its-process-group"])
+def test_a_signal_stops_the_matrix_with_its_cells_and_the_same_command_continues_it(signum, to_group, tmp_path):
+    """A kill of compare.py alone left its cell training without it (and a rerun then resumed the
+    same run directory beside it); a Ctrl-C stopped the cell but the matrix started the next one.
+    Now the running cell stops with a checkpoint, once (not at once), no other cell starts, and
+    compare.py exits with 128 + the signal; the same command then finishes the matrix."""
+    runs = tmp_path / "runs"
+    args = [sys.executable, str(REPO / "scripts" / "compare.py"), "--losses", "l1", "l2", "--seeds", "0", "--jobs", "1",
+            "--runs-dir", str(runs), "--out", str(tmp_path / "report"),
+            "--set", *TINY, "train.epochs=10", f"data.root={tmp_path / 'shapes'}"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    last = runs / "l1-seed0" / "checkpoints" / "last.ckpt"  # the first epoch's end: the cell can be resumed
+    deadline = time.time() + 300
+    while not last.is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        os.kill(process.pid, signum)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    assert f"matrix stopped by {signal.Signals(signum).name}: l1-seed0 stopped; the same command continues it" in stderr
+    stopped = json.loads((runs / "l1-seed0" / "metrics.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["stopped_by"] == signal.Signals(signum).name
+    assert 0 < stopped["steps"] < 20 and (runs / "l1-seed0" / "checkpoints" / "interrupted.ckpt").is_file()
+    assert not (runs / "l2-seed0").exists()  # no cell started after the signal
+    assert _processes_naming(str(runs)) == []  # and none trains on without compare.py
+    if to_group:
+        return
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for cell in ("l1-seed0", "l2-seed0"):
+        metrics = json.loads((runs / cell / "metrics.json").read_text())
+        assert (metrics["status"], metrics["steps"]) == ("completed", 20)  # 2 steps x 10 epochs
 
 
 def test_parity_configurations_differ_only_where_the_implementations_do(tmp_path):

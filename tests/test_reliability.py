@@ -180,6 +180,30 @@ def test_a_signal_to_the_whole_process_group_stops_the_run_with_a_checkpoint(sig
     assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
 
 
+def test_one_signal_delivered_twice_at_once_is_one_request_to_stop_with_a_checkpoint(tmp_path):
+    """A job's or cgroup's signal reaches every process and compare.py passes it on to its cells
+    too: the two copies arrive together and must not count as the second signal that stops at once."""
+    run_dir = tmp_path / "runs" / "twice"
+    args = ["--set", *TINY, f"data.root={tmp_path / 'shapes'}", "train.epochs=20",
+            "--out-dir", tmp_path / "runs", "--run-name", "twice"]
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr_file:
+        process = subprocess.Popen([sys.executable, "scripts/train.py", *map(str, args)], cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=stderr_file, text=True)
+    gradients = run_dir / "gradients.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not gradients.is_file() or gradients.read_text().count("\n") < 8):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    while "SIGTERM: stopping after this step" not in log.read_text() and process.poll() is None:
+        time.sleep(0.01)  # the first copy handled: the second is a delivery of its own, as compare.py's is
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=300)
+    assert process.returncode == 143, log.read_text()[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+
+
 def test_resume_takes_no_other_options(tmp_path):
     result = run_script("scripts/train.py", "--resume", tmp_path, "--loss", "l2")
     assert result.returncode == 2 and "leave out --loss" in result.stderr

@@ -115,24 +115,31 @@ class EpochLine(pl.Callback):
 class StopOnSignal(pl.Callback):
     """Ctrl-C, SIGTERM or SLURM's SIGUSR1 / SIGUSR2 asks training to stop after the current step:
     the callback then saves ``checkpoint`` and stops the trainer (the run is marked interrupted);
-    a second signal stops at once (KeyboardInterrupt). ``stopped_at_step`` says where it stopped, None if it did not;
-    ``signal_name`` which signal asked."""
+    a second signal, a second or more later, stops at once (KeyboardInterrupt). ``stopped_at_step``
+    says where it stopped, None if it did not; ``signal_name`` which signal asked."""
 
     # SIGINT: Ctrl-C; SIGTERM: a kill, a cluster's pre-emption; SIGUSR1 / SIGUSR2: what SLURM sends
     # before a job's time limit (submitit asks for USR2, sbatch --signal for any).
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    # A second signal this soon after the first is the same request delivered twice: to every
+    # process of a job or cgroup, and passed on by compare.py to its cells. A person's second
+    # Ctrl-C comes later.
+    SAME_REQUEST_S = 1.0
 
     def __init__(self, checkpoint: str | Path):
         self.checkpoint = str(checkpoint)
         self.stopped_at_step: int | None = None
         self.signal_name: str | None = None
-        self._requested = False
+        self._requested_at: float | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if self._requested:
+        now = time.monotonic()
+        if self._requested_at is not None:
+            if now - self._requested_at < self.SAME_REQUEST_S:
+                return
             raise KeyboardInterrupt
-        self._requested = True
+        self._requested_at = now
         self.signal_name = signal.Signals(signum).name
         log.warning("%s: stopping after this step and saving a checkpoint (send it again to stop at once)",
                     signal.Signals(signum).name)
@@ -144,7 +151,7 @@ class StopOnSignal(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.strategy.reduce_boolean_decision(self._requested, all=False):  # any rank asked
+        if trainer.strategy.reduce_boolean_decision(self._requested_at is not None, all=False):  # any rank asked
             # Between two steps the model, optimiser, schedule and loop counters agree, so a
             # checkpoint written here resumes exactly where this run stopped.
             self.stopped_at_step = trainer.global_step

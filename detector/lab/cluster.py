@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,20 @@ class SlurmOptions:
                 cfg.train.strategy = "ddp"
         config_lib.validate(cfg)
         return cfg
+
+
+# What the slurm launcher runs on this machine: sbatch submits the array, srun starts each job's tasks.
+SLURM_COMMANDS = ("sbatch", "srun")
+
+
+def check_slurm_commands() -> None:
+    """A ConfigError unless SLURM's commands are on PATH here, before any data is read."""
+    missing = [command for command in SLURM_COMMANDS if shutil.which(command) is None]
+    if missing:
+        raise ConfigError(f"--launcher slurm submits through SLURM's {' and '.join(SLURM_COMMANDS)}, and "
+                          f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH here: run the "
+                          f"command on the cluster's login node, or --launcher submitit-local to try the matrix's "
+                          f"jobs on this machine")
 
 
 def make_executor(launcher: str, folder: Path, options: SlurmOptions):

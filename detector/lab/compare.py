@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -26,12 +27,13 @@ import torch
 
 from detector.engine import config as config_lib
 from detector.engine.build import build_splits, load_trunk_weights, report_data, resolve_classes
+from detector.engine.callbacks import StopOnSignal
 from detector.engine.cli import parse_duration
 from detector.engine.config import Config, ConfigError
 from detector.engine.outputs import check_folder
 from detector.engine.rundir import FINISHED, TRAIN_LOG, continues, run_status
 from detector.engine.trainers import resolve_precision
-from detector.lab.cluster import report_command, slurm_options, submit_cells
+from detector.lab.cluster import check_slurm_commands, report_command, slurm_options, submit_cells
 from detector.lab.report import write_report
 from detector.lab.specs import parse_loss_spec, split_weight
 
@@ -49,6 +51,8 @@ def compare_from_args(args: argparse.Namespace, argv: list[str], cfg: Config | N
     matrix's configuration when the script has made it already."""
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     check_folder(args.out, "report")  # a folder that cannot take the report is refused before any training
+    if args.launcher == "slurm" and not args.runs:
+        check_slurm_commands()
     note = None
     if args.runs:
         run_dirs = [Path(d) for d in args.runs]
@@ -191,8 +195,10 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
     lock = threading.Lock()
     cannot_start = threading.Event()  # a cell that cannot start: the others would not either
 
+    processes = CellProcesses()
+
     def run(cell: Cell) -> None:
-        if cannot_start.is_set():
+        if cannot_start.is_set() or processes.signum is not None:
             return
         with lock:
             if budget is not None and not budget.allows(progress.durations):
@@ -201,7 +207,8 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
             gpu = free_gpus.pop(0) if free_gpus else None
             progress.started(cell)
         try:
-            train_cell(configs[cell], runs_dir / cell.name, train_command, gpu=gpu, quiet=jobs > 1)
+            train_cell(configs[cell], runs_dir / cell.name, train_command, gpu=gpu, quiet=jobs > 1,
+                       processes=processes, cell=cell)
         except ConfigError:
             cannot_start.set()
             raise
@@ -214,10 +221,74 @@ def train_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, jobs: int |
                     print(budget.forecast(progress, todo), flush=True)
 
     left_out: list[Cell] = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with processes, ThreadPoolExecutor(max_workers=jobs) as pool:
         for future in [pool.submit(run, cell) for cell in todo]:
             future.result()
+    processes.raise_if_stopped(order=todo)
     return [runs_dir / cell.name for cell in cells], sorted(left_out, key=cells.index)
+
+
+class MatrixStopped(Exception):
+    """A signal stopped the matrix: the cells that were training stopped (with a checkpoint, as
+    train.py does on that signal) and no other cell started. ``exit_status``: 128 + the signal."""
+
+    def __init__(self, signum: int, cells: list[Cell]):
+        self.exit_status = 128 + signum
+        stopped = f"{', '.join(cell.name for cell in cells)} stopped" if cells else "no cell was training"
+        super().__init__(f"matrix stopped by {signal.Signals(signum).name}: {stopped}; the same command continues it")
+
+
+class CellProcesses:
+    """The cells' training processes while a matrix runs. Each runs in a session of its own and
+    this process passes on to every running cell the signals that stop a run
+    (StopOnSignal.SIGNALS; a hang-up as SIGTERM): a Ctrl-C, and a kill of compare.py alone,
+    which before left its cells training without it. After a signal no cell starts."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.stopped: set[Cell] = set()  # the cells that were training when the signal came
+        self._running: dict[subprocess.Popen, Cell] = {}
+        self._lock = threading.Lock()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> CellProcesses:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in (*StopOnSignal.SIGNALS, signal.SIGHUP):
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # under nohup a hang-up stays ignored
+                    self._previous[signum] = signal.signal(signum, self._pass_on)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def raise_if_stopped(self, order: list[Cell]) -> None:
+        """MatrixStopped, naming the stopped cells in ``order``, if a signal came."""
+        if self.signum is not None:
+            raise MatrixStopped(self.signum, [cell for cell in order if cell in self.stopped])
+
+    def _pass_on(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        with self._lock:
+            for process, cell in self._running.items():
+                self.stopped.add(cell)
+                process.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    def run(self, cell: Cell, command: list[str], **popen) -> int | None:
+        """The cell's process to its end: its exit status, None when a signal came before it started."""
+        with self._lock:
+            if self.signum is not None:
+                return None
+            # A session of its own only where this process passes the signals on.
+            process = subprocess.Popen(command, start_new_session=bool(self._previous), **popen)
+            self._running[process] = cell
+        try:
+            return process.wait()
+        finally:
+            with self._lock:
+                del self._running[process]
 
 
 def queue_matrix(cells: list[Cell], base: Config, runs_dir: Path, *, launcher: str, options, wait: bool,
@@ -279,7 +350,8 @@ class Budget:
                 (f"; left out unless cells get faster: {', '.join(c.name for c in out)}" if out else ""))
 
 
-def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int | None, quiet: bool) -> None:
+def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int | None, quiet: bool,
+               processes: CellProcesses, cell: Cell) -> None:
     """One training process for the cell. A failed or diverged run is recorded in its run
     directory (and shown in the report), so it does not stop the matrix; a run that cannot
     start (its data or weights cannot be read) stops it, since every other cell would fail
@@ -301,14 +373,17 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
     try:
         if quiet:
             with open(log_path, "w") as log:
-                result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+                returncode = processes.run(cell, command, env=env, stdout=log, stderr=subprocess.STDOUT)
         else:
-            result = subprocess.run(command, env=env, check=False)
+            returncode = processes.run(cell, command, env=env)
     finally:
         config_path.unlink(missing_ok=True)
+    if returncode is None:  # the matrix was stopped before this cell started
+        log_path.unlink(missing_ok=True)
+        return
     if run_status(run_dir) == "missing":
         where = f"; its output is in {log_path}" if quiet else " (its error is above)"
-        raise ConfigError(f"{run_dir.name} could not start (exit status {result.returncode}){where}")
+        raise ConfigError(f"{run_dir.name} could not start (exit status {returncode}){where}")
     if quiet:
         _keep_log(log_path, run_dir / TRAIN_LOG, resumed="--resume" in command)
 
