@@ -178,16 +178,8 @@ def test_compare_script_trains_then_reports_without_retraining(tmp_path):
 
 
 def _processes_naming(text: str) -> list[str]:
-    """The command lines of the live processes that contain ``text``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # ended while being read
-            continue
-        if text in line:
-            found.append(line)
-    return found
+    """The live processes whose command line contains ``text`` (pgrep, as tests/test_cluster.py finds a job's tasks)."""
+    return subprocess.run(["pgrep", "-af", text], capture_output=True, text=True).stdout.splitlines()
 
 
 @pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],

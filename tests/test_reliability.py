@@ -28,6 +28,14 @@ def tiny_config(tmp_path, name, *extra):
                                              f"train.run_name={name}", *extra])
 
 
+def _wait_for_logged_steps(run_dir: Path, rows: int = 8, timeout_s: float = 300) -> None:
+    """Until the run's gradients.csv has ``rows`` lines (header included): training is under way."""
+    gradients = run_dir / "gradients.csv"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and (not gradients.is_file() or gradients.read_text().count("\n") < rows):
+        time.sleep(0.2)
+
+
 def test_l2_with_a_huge_learning_rate_is_marked_diverged(tmp_path):
     run_dir = train(tiny_config(tmp_path, "l2", "loss.name=l2", "train.lr=1e4"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -142,10 +150,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
             "--out-dir", tmp_path / "runs", "--run-name", "killed"]
     process = subprocess.Popen([sys.executable, "scripts/train.py", *map(str, args)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    gradients = run_dir / "gradients.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not gradients.is_file() or gradients.read_text().count("\n") < 8):
-        time.sleep(0.2)
+    _wait_for_logged_steps(run_dir)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 143, stderr[-2000:]  # 128 + SIGTERM
@@ -168,10 +173,7 @@ def test_a_signal_to_the_whole_process_group_stops_the_run_with_a_checkpoint(sig
             "--out-dir", tmp_path / "runs", "--run-name", "group"]
     process = subprocess.Popen([sys.executable, "scripts/train.py", *map(str, args)], cwd=REPO, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    gradients = run_dir / "gradients.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not gradients.is_file() or gradients.read_text().count("\n") < 8):
-        time.sleep(0.2)
+    _wait_for_logged_steps(run_dir)
     os.killpg(process.pid, signum)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, stderr[-2000:]
@@ -190,10 +192,7 @@ def test_one_signal_delivered_twice_at_once_is_one_request_to_stop_with_a_checkp
     with log.open("w") as stderr_file:
         process = subprocess.Popen([sys.executable, "scripts/train.py", *map(str, args)], cwd=REPO,
                                    stdout=subprocess.DEVNULL, stderr=stderr_file, text=True)
-    gradients = run_dir / "gradients.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not gradients.is_file() or gradients.read_text().count("\n") < 8):
-        time.sleep(0.2)
+    _wait_for_logged_steps(run_dir)
     process.send_signal(signal.SIGTERM)
     while "SIGTERM: stopping after this step" not in log.read_text() and process.poll() is None:
         time.sleep(0.01)  # the first copy handled: the second is a delivery of its own, as compare.py's is

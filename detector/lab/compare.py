@@ -379,7 +379,8 @@ def train_cell(cfg: Config, run_dir: Path, train_command: list[str], *, gpu: int
     finally:
         config_path.unlink(missing_ok=True)
     if returncode is None:  # the matrix was stopped before this cell started
-        log_path.unlink(missing_ok=True)
+        if quiet:
+            log_path.unlink()  # the empty log opened above
         return
     if run_status(run_dir) == "missing":
         where = f"; its output is in {log_path}" if quiet else " (its error is above)"
